@@ -1,0 +1,395 @@
+"""Parquet shards and ``dataset.json``: writing, opening with schema checks, and decoding rows (DESIGN §4).
+
+A dataset directory holds ``part-NNNNN.parquet`` shards (zstd, row groups of ``row_group_size`` rows) and
+``dataset.json`` (name, layouts, class names, counts, SHA-256 of each shard). Writers check every sample against the
+layouts before it reaches disk; readers refuse a shard whose columns, types or layouts differ from what the dataset
+declares, naming the file and the column. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from partkd.data import splits
+from partkd.data.schema import (
+    ID_COLUMNS,
+    METADATA_KEY,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SIDES,
+    Sample,
+    ShardDataError,
+    ShardError,
+    ShardSchemaError,
+    side_problem,
+)
+from partkd.layouts import Layout, get_layout
+
+INFO_FILE = "dataset.json"
+SHARD_PATTERN = "part-{:05d}.parquet"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+def _flat_list_array(arrays: list[np.ndarray | None]) -> pa.Array:
+    """``list<float32>`` column from per-row arrays (flattened in C order); ``None`` rows become nulls."""
+    lengths = np.array([0 if a is None else a.size for a in arrays], dtype=np.int64)
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    present = [np.ascontiguousarray(a, dtype=np.float32).ravel() for a in arrays if a is not None]
+    values = np.concatenate(present) if present else np.zeros(0, dtype=np.float32)
+    mask = pa.array([a is None for a in arrays])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=mask)
+
+
+def _rows_to_table(samples: list[Sample], metadata: dict) -> pa.Table:
+    columns: dict[str, pa.Array] = {
+        "sample_id": pa.array([s.sample_id for s in samples], pa.string()),
+        "label": pa.array([s.label for s in samples], pa.int32()),
+    }
+    for name in ID_COLUMNS:
+        columns[name] = pa.array([getattr(s, name) for s in samples], pa.int32())
+    columns["frames"] = pa.array([s.frames for s in samples], pa.int32())
+    for side in SIDES:
+        tensors = [getattr(s, side) for s in samples]
+        columns[side] = _flat_list_array(tensors)
+        columns[f"{side}_shape"] = pa.array([None if t is None else list(t.shape) for t in tensors], SCHEMA.field(
+            f"{side}_shape").type)
+        columns[f"{side}_score"] = _flat_list_array([getattr(s, f"{side}_score") for s in samples])
+    schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+class DatasetWriter:
+    """Write samples to ``part-NNNNN.parquet`` shards and ``dataset.json``.
+
+    Use as a context manager. Each sample is checked against the layouts when written (shape, finite values, label
+    range, unique id) and refused with a :class:`ShardDataError` naming it. Shards go to disk under a temporary
+    name and are renamed when complete; if the writing stops on an error, the rows already accepted are flushed and
+    ``dataset.json`` is written with ``"complete": false`` so nothing written is lost and ``validate`` flags it.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        name: str,
+        class_names: list[str],
+        hq_layout: str | None,
+        lq_layout: str | None,
+        rows_per_shard: int = 1024,
+        row_group_size: int = 128,
+        overwrite: bool = False,
+        info: dict | None = None,
+    ):
+        self.out_dir = Path(out_dir)
+        if self.out_dir.exists() and any(self.out_dir.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{self.out_dir} is not empty; choose another directory or pass overwrite")
+            for old in [*self.out_dir.glob("part-*.parquet"), self.out_dir / INFO_FILE]:
+                old.unlink(missing_ok=True)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.name, self.class_names, self.info = name, list(class_names), dict(info or {})
+        self.layouts: dict[str, Layout | None] = {
+            "hq": get_layout(hq_layout) if hq_layout else None,
+            "lq": get_layout(lq_layout) if lq_layout else None,
+        }
+        self.rows_per_shard, self.row_group_size = rows_per_shard, row_group_size
+        self._buffer: list[Sample] = []
+        self._shards: list[dict] = []
+        self._seen_ids: set[str] = set()
+        self._rows: dict[str, list] = {k: [] for k in ("label", "has_hq", "has_lq", *ID_COLUMNS)}
+        self.summary: dict | None = None  # dataset.json content, once closed
+
+    @property
+    def _metadata(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "hq_layout": self.layouts["hq"] and self.layouts["hq"].name,
+            "lq_layout": self.layouts["lq"] and self.layouts["lq"].name,
+        }
+
+    def _check(self, s: Sample) -> None:
+        where = str(self.out_dir)
+        if s.sample_id in self._seen_ids:
+            raise ShardDataError(where, "duplicate sample_id", s.sample_id, "sample_id")
+        if not 0 <= s.label < len(self.class_names):
+            raise ShardDataError(where, f"label {s.label} outside [0, {len(self.class_names)})", s.sample_id, "label")
+        if s.hq is None and s.lq is None:
+            raise ShardDataError(where, "has neither an hq nor an lq side", s.sample_id, "hq")
+        for side in SIDES:
+            tensor, score = getattr(s, side), getattr(s, f"{side}_score")
+            if tensor is None:
+                if score is not None:
+                    raise ShardDataError(where, f"has scores but no {side} tensor", s.sample_id, f"{side}_score")
+                continue
+            layout = self.layouts[side]
+            if layout is None:
+                raise ShardDataError(where, f"has an {side} side but the dataset declares no {side} layout",
+                                     s.sample_id, side)
+            if score is None:
+                raise ShardDataError(where, f"has an {side} tensor but no scores", s.sample_id, f"{side}_score")
+            if score.shape != tensor.shape[:3]:
+                raise ShardDataError(where, f"score shape {score.shape} does not match tensor {tensor.shape}",
+                                     s.sample_id, f"{side}_score")
+            problem = side_problem(side, tensor.shape, tensor.size, score.size, s.frames, layout)
+            if problem:
+                raise ShardDataError(where, problem[1], s.sample_id, problem[0])
+            for column, values in ((side, tensor), (f"{side}_score", score)):
+                if not np.isfinite(values).all():
+                    raise ShardDataError(where, "holds NaN or infinite values", s.sample_id, column)
+
+    def write(self, sample: Sample) -> None:
+        self._check(sample)
+        self._seen_ids.add(sample.sample_id)
+        self._buffer.append(sample)
+        for key in ("label", *ID_COLUMNS):
+            self._rows[key].append(getattr(sample, key))
+        self._rows["has_hq"].append(sample.hq is not None)
+        self._rows["has_lq"].append(sample.lq is not None)
+        if len(self._buffer) >= self.rows_per_shard:
+            self._flush()
+
+    def write_all(self, samples: Iterable[Sample]) -> None:
+        for sample in samples:
+            self.write(sample)
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        path = self.out_dir / SHARD_PATTERN.format(len(self._shards))
+        tmp = path.with_suffix(".parquet.tmp")
+        table = _rows_to_table(self._buffer, self._metadata)
+        pq.write_table(table, tmp, compression="zstd", row_group_size=self.row_group_size, write_statistics=True)
+        os.replace(tmp, path)
+        self._shards.append({"file": path.name, "rows": len(self._buffer), "sha256": sha256_file(path)})
+        self._buffer = []
+
+    def close(self, complete: bool = True) -> dict:
+        """Flush the last shard and write dataset.json; a second call returns the first call's summary."""
+        if self.summary is not None:
+            return self.summary
+        self._flush()
+        info = summarize(
+            name=self.name, class_names=self.class_names, metadata=self._metadata, shards=self._shards,
+            rows={k: np.array(v) for k, v in self._rows.items()}, info=self.info,
+        )
+        info["complete"] = complete
+        tmp = self.out_dir / (INFO_FILE + ".tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, self.out_dir / INFO_FILE)
+        self.summary = info
+        return info
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(complete=exc_type is None)
+
+
+def _class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
+    return np.bincount(labels, minlength=num_classes).astype(int).tolist() if labels.size else [0] * num_classes
+
+
+def summarize(*, name: str, class_names: list[str], metadata: dict, shards: list[dict], rows: dict, info: dict) -> dict:
+    """The content of ``dataset.json``: counts overall, per split protocol and per class, paired/solitary."""
+    labels = rows["label"].astype(np.int64)
+    has_hq, has_lq = rows["has_hq"].astype(bool), rows["has_lq"].astype(bool)
+    k = len(class_names)
+
+    def counts(mask: np.ndarray) -> dict:
+        return {
+            "samples": int(mask.sum()),
+            "paired": int((mask & has_hq & has_lq).sum()),
+            "solitary": int((mask & ~has_hq).sum()),
+            "hq_only": int((mask & ~has_lq).sum()),
+            "per_class": _class_counts(labels[mask], k),
+        }
+
+    split_counts = {}
+    for protocol in splits.applicable_protocols(rows):
+        assigned = protocol.assign(rows)
+        split_counts[protocol.name] = {split: counts(assigned == split) for split in ("train", "test")}
+    fingerprint = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()
+    return {
+        "name": name,
+        **metadata,
+        "class_names": list(class_names),
+        "num_classes": k,
+        "counts": counts(np.ones(len(labels), dtype=bool)),
+        "splits": split_counts,
+        "shards": shards,
+        "fingerprint": fingerprint,
+        "info": info,
+    }
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def load_info(path: str | os.PathLike) -> dict:
+    """``dataset.json`` of a dataset directory."""
+    file = Path(path) / INFO_FILE
+    if not file.exists():
+        raise ShardError(str(file), "missing: not a partkd dataset directory (expected dataset.json and shards)")
+    try:
+        info = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ShardError(str(file), f"is not valid JSON ({err})") from None
+    if info.get("schema_version") != SCHEMA_VERSION:
+        raise ShardSchemaError(str(file), f"schema version {info.get('schema_version')} is not {SCHEMA_VERSION}",
+                               column="schema_version")
+    return info
+
+
+def shard_paths(path: str | os.PathLike) -> list[Path]:
+    """The shard files of a dataset directory (as listed in dataset.json), or ``[path]`` for one shard file."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    return [path / s["file"] for s in load_info(path)["shards"]]
+
+
+def open_shard(path: str | os.PathLike, expected: dict | None = None) -> tuple[pq.ParquetFile, dict]:
+    """Open a shard and check its columns, types and layouts; returns the file and its partkd metadata.
+
+    ``expected`` (``dataset.json`` content) adds the check that the shard's layouts are the dataset's.
+    """
+    name = str(path)
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as err:
+        raise ShardError(name, f"cannot be read as Parquet ({err}); the file may be truncated or corrupt") from None
+    schema = file.schema_arrow
+    for field in SCHEMA:
+        if field.name not in schema.names:
+            raise ShardSchemaError(name, "is missing", column=field.name)
+        found = schema.field(field.name).type
+        if found != field.type:
+            raise ShardSchemaError(name, f"has type {found}, expected {field.type}", column=field.name)
+    extra = sorted(set(schema.names) - set(SCHEMA.names))
+    if extra:
+        raise ShardSchemaError(name, "is not in the schema", column=extra[0])
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ShardSchemaError(name, "has no partkd metadata (schema version and layouts)")
+    metadata = json.loads(raw)
+    if metadata.get("schema_version") != SCHEMA_VERSION:
+        raise ShardSchemaError(name, f"schema version {metadata.get('schema_version')} is not {SCHEMA_VERSION}")
+    for side in SIDES:
+        key = f"{side}_layout"
+        if metadata.get(key) is not None:
+            get_layout(metadata[key])
+        if expected is not None and metadata.get(key) != expected.get(key):
+            raise ShardSchemaError(
+                name, f"{side} layout is {metadata.get(key)}, the dataset declares {expected.get(key)}", column=side
+            )
+    return file, metadata
+
+
+def decode_side(batch: pa.RecordBatch, side: str, layout: Layout | None, file: str = "<batch>") -> list:
+    """Per-row ``(tensor [M, T, V, C], score [M, T, V])`` views of one side, ``None`` where the side is null.
+
+    Checks each present row's shape against ``layout`` and the row's ``frames``; raises :class:`ShardDataError`.
+    """
+    values, scores = batch.column(side), batch.column(f"{side}_score")
+    shapes_col = batch.column(f"{side}_shape")
+    present = ~np.asarray(values.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if present.any() and layout is None:
+        ids = batch.column("sample_id")
+        first = ids[int(np.argmax(present))].as_py()
+        raise ShardSchemaError(file, f"has {side} values but no {side} layout is declared", first, side)
+    flat = values.values.to_numpy(zero_copy_only=False)
+    offsets = values.offsets.to_numpy()
+    flat_scores = scores.values.to_numpy(zero_copy_only=False)
+    score_offsets = scores.offsets.to_numpy()
+    shape_values = shapes_col.values.to_numpy(zero_copy_only=False)
+    shape_offsets = shapes_col.offsets.to_numpy()
+    frames = batch.column("frames").to_numpy()
+    score_present = ~np.asarray(scores.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    shape_present = ~np.asarray(shapes_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    out: list = []
+    for i in range(len(batch)):
+        if not present[i]:
+            if score_present[i] or shape_present[i]:
+                sid = batch.column("sample_id")[i].as_py()
+                raise ShardDataError(file, f"{side} is null but its shape or score is not", sid, side)
+            out.append(None)
+            continue
+        if not (score_present[i] and shape_present[i]):
+            column = f"{side}_score" if not score_present[i] else f"{side}_shape"
+            raise ShardDataError(file, f"is null while {side} is present", batch.column("sample_id")[i].as_py(), column)
+        shape = shape_values[shape_offsets[i]:shape_offsets[i + 1]]
+        problem = side_problem(
+            side, shape, offsets[i + 1] - offsets[i], score_offsets[i + 1] - score_offsets[i], int(frames[i]), layout
+        )
+        if problem:
+            raise ShardDataError(file, problem[1], batch.column("sample_id")[i].as_py(), problem[0])
+        shape = tuple(int(d) for d in shape)
+        tensor = flat[offsets[i]:offsets[i + 1]].reshape(shape)  # (M, T, V, C)
+        score = flat_scores[score_offsets[i]:score_offsets[i + 1]].reshape(shape[:3])  # (M, T, V)
+        out.append((tensor, score))
+    return out
+
+
+def iter_batches(
+    path: str | os.PathLike, *, filter: pc.Expression | None = None, batch_size: int = 256
+) -> Iterator[tuple[pa.RecordBatch, dict, str]]:
+    """Yield ``(record batch, shard metadata, shard file)`` over a dataset directory or one shard file."""
+    path = Path(path)
+    expected = load_info(path) if path.is_dir() else None
+    for shard in shard_paths(path):
+        _, metadata = open_shard(shard, expected)
+        # pyarrow.dataset pushes the filter down to row-group statistics
+        for batch in pads.dataset(shard, format="parquet").to_batches(filter=filter, batch_size=batch_size):
+            if batch.num_rows:
+                yield batch, metadata, str(shard)
+
+
+def _optional_int(value) -> int | None:
+    return None if value is None else int(value)
+
+
+def iter_samples(path: str | os.PathLike, *, filter: pc.Expression | None = None) -> Iterator[Sample]:
+    """One :class:`Sample` per row of a dataset directory or a shard file, in storage order.
+
+    ``filter`` is a ``pyarrow.compute`` expression on the scalar columns (e.g. ``splits.split_filter("xsub",
+    "train")``). Tensors are copies, safe to modify. A shard that does not match the schema or the layouts raises a
+    :class:`ShardError` naming the file, the sample and the column.
+    """
+    for batch, metadata, file in iter_batches(path, filter=filter):
+        layouts = {side: metadata.get(f"{side}_layout") for side in SIDES}
+        decoded = {
+            side: decode_side(batch, side, get_layout(name) if name else None, file) for side, name in layouts.items()
+        }
+        scalars = batch.select(["sample_id", "label", "frames", *ID_COLUMNS]).to_pylist()
+        for i, row in enumerate(scalars):
+            sides = {}
+            for side in SIDES:
+                pair = decoded[side][i]
+                sides[side] = None if pair is None else pair[0].copy()
+                sides[f"{side}_score"] = None if pair is None else pair[1].copy()
+            yield Sample(
+                sample_id=row["sample_id"], label=int(row["label"]), frames=int(row["frames"]),
+                **{k: _optional_int(row[k]) for k in ID_COLUMNS}, **sides,
+            )
