@@ -38,7 +38,7 @@ def test_pack_crops_pads_and_keeps_persons_like_a_loop():
     np.testing.assert_array_equal(x_start[1], tensors[1][:2, :7])
     offsets = set()
     for seed in range(20):
-        x_rand, _ = pack(tensors, scores, frames=7, persons=2, crop="random", rng=np.random.default_rng(seed))
+        x_rand, _ = pack(tensors, scores, frames=7, persons=2, crop="random", rngs=np.random.default_rng(seed))
         start = [s for s in range(4) if np.array_equal(x_rand[1], tensors[1][:2, s:s + 7])]
         assert len(start) == 1
         offsets.add(start[0])
@@ -152,3 +152,19 @@ def test_config_rejects_unknown_options():
         TransformConfig(occlusion_unit="frame")
     with pytest.raises(ValueError, match="crop"):
         TransformConfig(crop="middle")
+
+
+def test_per_sample_randomness_does_not_depend_on_the_batch():
+    rng = np.random.default_rng(5)
+    tensors, scores = ragged(rng, lengths=[40, 25, 33], persons=[1, 2, 1])
+    layout = get_layout("ntu25")
+    cfg = TransformConfig(frames=20, persons=2, crop="random", occlusion_prob=0.3, rotate_deg=30,
+                          scale_range=(0.8, 1.2))
+    ids = ["a", "b", "c"]
+    x, score = transform_batch(tensors, scores, layout, cfg, seed=9, sample_ids=ids)
+    for i in (2, 0):  # alone, and in another order
+        xi, si = transform_batch([tensors[i]], [scores[i]], layout, cfg, seed=9, sample_ids=[ids[i]])
+        np.testing.assert_array_equal(xi[0], x[i])
+        np.testing.assert_array_equal(si[0], score[i])
+    x_next, _ = transform_batch(tensors, scores, layout, cfg, seed=10, sample_ids=ids)
+    assert not np.array_equal(x_next, x), "another epoch seed gives other augmentations"

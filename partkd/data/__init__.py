@@ -10,7 +10,7 @@ from partkd.data.schema import (
     ShardSchemaError,
 )
 from partkd.data.shards import DatasetWriter, iter_batches, iter_samples, load_info, shard_paths
-from partkd.data.splits import PROTOCOLS, split_filter
+from partkd.data.splits import PROTOCOLS, split_filter, split_ray_filter
 from partkd.data.validate import ValidationReport, validate_dataset
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "load_info",
     "shard_paths",
     "split_filter",
+    "split_ray_filter",
     "validate_dataset",
 ]

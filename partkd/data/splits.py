@@ -30,6 +30,14 @@ class Protocol:
         in_train = pc.field(self.column).isin(sorted(self.train_values))
         return in_train if split == "train" else (~in_train) & pc.field(self.column).is_valid()
 
+    def ray_filter(self, split: str):
+        """The same selection as a ``ray.data.expressions`` predicate, for ``Dataset.filter(expr=...)``."""
+        from ray.data.expressions import col
+
+        _check_split(split)
+        in_train = col(self.column).is_in(sorted(self.train_values))
+        return in_train if split == "train" else (~in_train) & col(self.column).is_not_null()
+
     def assign(self, rows: dict[str, np.ndarray]) -> np.ndarray:
         """``"train"``/``"test"`` for each row, given its column values as arrays (``None`` never counts as train)."""
         values = rows[self.column]
@@ -60,7 +68,13 @@ def get_protocol(name: str) -> Protocol:
 
 
 def split_filter(protocol: str, split: str) -> pc.Expression:
+    """pyarrow expression for ``iter_samples(..., filter=...)``."""
     return get_protocol(protocol).filter(split)
+
+
+def split_ray_filter(protocol: str, split: str):
+    """Ray Data predicate for ``read_shards(..., filter=...)``."""
+    return get_protocol(protocol).ray_filter(split)
 
 
 def applicable_protocols(rows: dict[str, np.ndarray]) -> list[Protocol]:

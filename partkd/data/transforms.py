@@ -50,22 +50,33 @@ def sample_rng(sample_id: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(digest, "little")])
 
 
+Rngs = np.random.Generator | Sequence[np.random.Generator]
+
+
+def _uniform(rngs: Rngs, n: int, low: float, high: float) -> np.ndarray:
+    """(N,) uniform draws: from one generator for the batch, or one draw from each sample's own generator."""
+    if isinstance(rngs, np.random.Generator):
+        return rngs.uniform(low, high, size=n)
+    return np.array([rng.uniform(low, high) for rng in rngs], dtype=np.float64).reshape(n)
+
+
 def pack(
     tensors: Sequence[np.ndarray],
     scores: Sequence[np.ndarray],
     frames: int,
     persons: int,
     crop: str = "center",
-    rng: np.random.Generator | None = None,
+    rngs: Rngs | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ragged ``[M_i, T_i, V, C]`` rows to ``x`` (N, M, T, V, C) and ``score`` (N, M, T, V).
 
     Keeps the first ``persons`` persons; pads missing persons and frames with zeros (score 0); cuts a longer
-    sequence at its start, centre or a random offset (``rng`` needed).
+    sequence at its start, centre or a random offset (``rngs`` needed).
     """
-    if crop == "random" and rng is None:
+    if crop == "random" and rngs is None:
         raise ValueError("crop='random' needs an rng")
     n = len(tensors)
+    draws = _uniform(rngs, n, 0.0, 1.0) if crop == "random" else np.zeros(n)
     joints, dims = tensors[0].shape[2], tensors[0].shape[3]
     x = np.zeros((n, persons, frames, joints, dims), dtype=np.float32)  # (N, M, T, V, C)
     score = np.zeros((n, persons, frames, joints), dtype=np.float32)  # (N, M, T, V)
@@ -73,7 +84,7 @@ def pack(
         m, length = min(tensor.shape[0], persons), tensor.shape[1]
         keep = min(length, frames)
         extra = length - keep
-        start = 0 if crop == "start" else extra // 2 if crop == "center" else int(rng.integers(0, extra + 1))
+        start = 0 if crop == "start" else extra // 2 if crop == "center" else int(draws[i] * (extra + 1))
         x[i, :m, :keep] = tensor[:m, start:start + keep]
         score[i, :m, :keep] = sc[:m, start:start + keep]
     return x, score
@@ -112,19 +123,19 @@ def _rotation(angle: np.ndarray, dims: int) -> np.ndarray:
 
 
 def random_rotate_scale(
-    x: np.ndarray, score: np.ndarray, max_deg: float, scale_range: tuple[float, float], rng: np.random.Generator
+    x: np.ndarray, score: np.ndarray, max_deg: float, scale_range: tuple[float, float], rngs: Rngs
 ) -> np.ndarray:
     """Rotate each sample by a uniform angle in ±max_deg and scale it by a uniform factor; missing joints stay 0."""
     n, dims = x.shape[0], x.shape[-1]
-    angle = np.deg2rad(rng.uniform(-max_deg, max_deg, size=n))
-    factor = rng.uniform(scale_range[0], scale_range[1], size=n)
+    angle = np.deg2rad(_uniform(rngs, n, -max_deg, max_deg))
+    factor = _uniform(rngs, n, scale_range[0], scale_range[1])
     rot = (_rotation(angle, dims) * factor[:, None, None]).astype(x.dtype)  # (N, C, C)
     out = np.matmul(x.reshape(n, -1, dims), rot.transpose(0, 2, 1)).reshape(x.shape)  # (N, M*T*V, C) -> (N, M, T, V, C)
     return out * (score > 0)[..., None]
 
 
 def occlusion_mask(
-    shape: tuple[int, int, int, int], prob: float, unit: str, rngs: np.random.Generator | Sequence[np.random.Generator]
+    shape: tuple[int, int, int, int], prob: float, unit: str, rngs: Rngs
 ) -> np.ndarray:
     """Bool (N, M, T, V), True where a joint is occluded.
 
@@ -161,15 +172,16 @@ def transform_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ragged rows of one side to a training/evaluation batch ``x`` (N, M, T, V, C), ``score`` (N, M, T, V).
 
-    With ``sample_ids`` the occlusion masks come from :func:`sample_rng` (the same for every model and batching:
-    evaluation); without, from one generator seeded by ``seed`` (training batches).
+    With ``sample_ids`` every random choice (crop offset, rotation, scale, occlusion mask) comes from the sample's
+    own :func:`sample_rng`, so a sample is transformed the same way in any batch, on any worker, for every model:
+    evaluation masks are shared, and a resumed job sees the same data. Vary ``seed`` per epoch for fresh
+    augmentation. Without ``sample_ids`` one generator seeded by ``seed`` serves the batch.
     """
-    rng = np.random.default_rng(seed)
-    x, score = pack(tensors, scores, cfg.frames, cfg.persons, cfg.crop, rng)
+    rngs: Rngs = np.random.default_rng(seed) if sample_ids is None else [sample_rng(sid, seed) for sid in sample_ids]
+    x, score = pack(tensors, scores, cfg.frames, cfg.persons, cfg.crop, rngs)
     x = center_and_scale(x, score, layout)
     if cfg.rotate_deg > 0 or cfg.scale_range != (1.0, 1.0):
-        x = random_rotate_scale(x, score, cfg.rotate_deg, cfg.scale_range, rng)
+        x = random_rotate_scale(x, score, cfg.rotate_deg, cfg.scale_range, rngs)
     if cfg.occlusion_prob > 0:
-        rngs = rng if sample_ids is None else [sample_rng(sid, seed) for sid in sample_ids]
         x, score = occlude(x, score, occlusion_mask(score.shape, cfg.occlusion_prob, cfg.occlusion_unit, rngs))
     return x, score

@@ -1,0 +1,80 @@
+"""The bulk reading path: shards through Ray Data, transformed into fixed-shape numpy batches.
+
+``read_shards`` checks every shard's footer (schema, layouts) on the driver, so a mismatched shard fails fast with
+its name, then reads with ``ray.data.read_parquet`` (split filters pushed down). ``SideTransform`` is the
+``map_batches`` step: it decodes each side, checks every row against the layout, and applies
+:func:`~partkd.data.transforms.transform_batch` with per-sample randomness, so a sample comes out the same on any
+worker and in any batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from partkd.data.schema import SIDES
+from partkd.data.shards import decode_side, load_info, open_shard, shard_paths
+from partkd.data.transforms import TransformConfig, transform_batch
+from partkd.layouts import get_layout
+
+PATH_COLUMN = "path"  # added by read_parquet(include_paths=True): names the shard in errors raised by workers
+
+
+def read_shards(path: str | os.PathLike, *, filter=None, **read_args):
+    """A ``ray.data.Dataset`` of the shard rows of dataset ``path``.
+
+    ``filter`` is a ``ray.data.expressions`` predicate (e.g. ``splits.split_ray_filter("xsub", "train")``); Ray
+    pushes it down into the Parquet read.
+    """
+    import ray.data
+
+    info = load_info(path)
+    files = [str(f) for f in shard_paths(path)]
+    for file in files:
+        open_shard(file, info)
+    ds = ray.data.read_parquet(files, include_paths=True, **read_args)
+    return ds if filter is None else ds.filter(expr=filter)
+
+
+class SideTransform:
+    """``map_batches`` callable (``batch_format="pyarrow"``): shard rows -> numpy training/evaluation batch.
+
+    Output keys: ``label`` (N,), and for each side asked for ``{side}_x`` (N, M, T, V, C), ``{side}_score``
+    (N, M, T, V) and ``has_{side}`` (N,) — rows without that side get zeros and ``has_{side} = False``. With
+    ``keep_ids`` the ``sample_id``s come along (not for ``iter_torch_batches``, which takes numbers only).
+    """
+
+    def __init__(self, layouts: dict[str, str], cfg: TransformConfig | dict, seed: int, keep_ids: bool = False):
+        unknown = sorted(set(layouts) - set(SIDES))
+        if unknown:
+            raise ValueError(f"unknown sides {unknown}; sides are {SIDES}")
+        self.layouts = {side: get_layout(name) for side, name in layouts.items()}
+        self.cfg = cfg if isinstance(cfg, TransformConfig) else TransformConfig(**cfg)
+        self.seed, self.keep_ids = seed, keep_ids
+
+    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+        table = table.combine_chunks()
+        n = table.num_rows
+        ids = table.column("sample_id").to_pylist()
+        file = table.column(PATH_COLUMN)[0].as_py() if PATH_COLUMN in table.column_names and n else "<batch>"
+        out: dict[str, np.ndarray] = {"label": table.column("label").to_numpy().astype(np.int64)}
+        batch = table.to_batches()[0] if n else None
+        for side, layout in self.layouts.items():
+            shape = (n, self.cfg.persons, self.cfg.frames, layout.num_joints)
+            x = np.zeros((*shape, layout.dims), dtype=np.float32)  # (N, M, T, V, C)
+            score = np.zeros(shape, dtype=np.float32)  # (N, M, T, V)
+            rows = decode_side(batch, side, layout, file) if n else []
+            present = np.array([r is not None for r in rows], dtype=bool)
+            if present.any():
+                kept = [r for r in rows if r is not None]
+                kept_ids = [sid for sid, p in zip(ids, present) if p]
+                x[present], score[present] = transform_batch(
+                    [r[0] for r in kept], [r[1] for r in kept], layout, self.cfg, self.seed, sample_ids=kept_ids
+                )
+            out[f"{side}_x"], out[f"{side}_score"], out[f"has_{side}"] = x, score, present
+        if self.keep_ids:
+            out["sample_id"] = np.array(ids, dtype=object)
+        return out
+
