@@ -80,8 +80,12 @@ def run_data_bench(samples: int = 512, frames: int = 300, persons: int = 2, repe
                 t0 = time.perf_counter()
                 seen = 0
                 for b, (batch, _, file) in enumerate(iter_batches(Path(tmp) / "run0", batch_size=batch_size)):
-                    rows = [r for r in decode_side(batch, side, layout, file) if r is not None]
-                    x, score = transform_batch([r[0] for r in rows], [r[1] for r in rows], layout, transform, seed=b)
+                    ids = batch.column("sample_id").to_pylist()
+                    decoded = decode_side(batch, side, layout, file)
+                    rows = [(sid, r) for sid, r in zip(ids, decoded) if r is not None]
+                    # per-sample random streams, as the training path (SideTransform) uses them
+                    x, score = transform_batch([r[0] for _, r in rows], [r[1] for _, r in rows], layout, transform,
+                                               seed=b, sample_ids=[sid for sid, _ in rows])
                     seen += len(rows)
                 times.append(time.perf_counter() - t0)
             results.append({"stage": f"read + transform {side} ({layout.name}, V={layout.num_joints})",
