@@ -125,14 +125,20 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    if args.what == "data":
-        from partkd.data.bench import run_data_bench
+def cmd_bench_data(args) -> int:
+    from partkd.data.bench import run_data_bench
 
-        print(f"data benchmark: {args.samples} samples, T={args.frames}, M=2, single process "
-              f"(median of {args.repeats})", flush=True)
-        for row in run_data_bench(samples=args.samples, frames=args.frames, repeats=args.repeats):
-            print(f"  {row['stage']:<42} {row['samples_per_s']:>10,.0f} samples/s per core")
+    print(f"data benchmark: {args.samples} samples, T={args.frames}, M=2, single process "
+          f"(median of {args.repeats})", flush=True)
+    for row in run_data_bench(samples=args.samples, frames=args.frames, repeats=args.repeats):
+        print(f"  {row['stage']:<42} {row['samples_per_s']:>10,.0f} samples/s per core")
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from partkd.bench import main as train_bench
+
+    train_bench(args.extra)
     return 0
 
 
@@ -169,12 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke-test", action="store_true", help="the same stages on a tiny dataset")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["data"])
+    bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
+        dest="bench_command", required=True)
+    p = bench.add_parser("data", help="synthetic generation, shard writing, read + transform (samples/s per core)")
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench_data)
+    p = bench.add_parser("train", help="teacher and student KD training steps (samples/s); "
+                                       "options: --shapes cpu,ntu,tiny --dtypes fp32,bf16 --steps --warmup --device",
+                         add_help=False)
+    p.set_defaults(func=cmd_bench_train, passthrough=True)  # its options go to partkd.bench
     return parser
 
 
@@ -182,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     from partkd.data.schema import ShardError
     from partkd.layouts import UnknownNameError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
         return args.func(args)
     except (ShardError, FileExistsError, UnknownNameError, ValueError) as err:

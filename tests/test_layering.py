@@ -8,6 +8,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "partkd"
 RANK = {"layouts": 0, "data": 1, "models": 2, "losses": 3, "part_matrix": 4, "bench": 5, "train": 5,
         "tracking": 5, "cli": 6}
+# stricter than rank: the models see only layouts (and themselves); the losses are pure tensor functions
+ONLY = {"models": {"layouts", "models"}, "losses": set()}
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
 
 
@@ -35,3 +37,6 @@ def test_modules_import_only_lower_layers(path):
         if top == "partkd" and "." in name:
             target = name.split(".")[1]
             assert RANK[target] <= RANK[own], f"{path.relative_to(PACKAGE)} imports upward: {name}"
+            assert own not in ONLY or target in ONLY[own], f"{path.relative_to(PACKAGE)} may not import {name}"
+        elif top == "partkd":
+            assert own not in ONLY, f"{path.relative_to(PACKAGE)} may not import {name}"

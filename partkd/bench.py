@@ -1,0 +1,181 @@
+"""Training-step throughput: a teacher step and a student KD step (``python -m partkd.bench``).
+
+Teacher step: ST-GCN on ``ntu25`` high-quality skeletons, cross-entropy (Eq. 2), SGD. Student KD step: ST-GCN on
+``coco17`` low-quality skeletons (2D + score), the frozen teacher's forward on the paired high-quality batch, part
+pooling on both sides, ``L_c + alpha L_pmsc`` (Eq. 4), SGD. Figures are samples per second from the median step time.
+No test asserts them; they are printed for the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from partkd.losses import pmsc_loss
+from partkd.models import create_model, part_pool
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class BenchShape:
+    """A batch shape and the model size it runs with (``model`` overrides ``create_model``'s defaults)."""
+
+    batch: int
+    frames: int
+    persons: int = 2
+    model: dict = field(default_factory=dict)
+
+
+SHAPES: dict[str, BenchShape] = {
+    "ntu": BenchShape(batch=64, frames=300),  # the paper's setting
+    "cpu": BenchShape(batch=16, frames=64),  # full model, a CPU-sized batch
+    "tiny": BenchShape(batch=4, frames=16, model=dict(base_channels=8, stage_blocks=(1, 1, 1))),  # smoke test
+}
+
+
+@dataclass(frozen=True)
+class _Setup:
+    teacher_layout: str = "ntu25"
+    student_layout: str = "coco17"
+    grouping: str = "paper5"
+    num_classes: int = 60
+    alpha: float = 1.0
+
+
+def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)  # paper's SGD, small lr
+
+
+def _time_steps(step, steps: int, warmup: int, device: torch.device) -> list[float]:
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def _teacher_step(shape: BenchShape, setup: _Setup, autocast_dtype, device: torch.device):
+    teacher = create_model("stgcn", layout=setup.teacher_layout, num_classes=setup.num_classes, **shape.model)
+    teacher = teacher.to(device).train()
+    optimizer = _optimizer(teacher)
+    num_joints = teacher.layout.num_joints
+    x = torch.randn(shape.batch, shape.persons, shape.frames, num_joints, 3, device=device)  # (N, M, T, V, C)
+    labels = torch.randint(setup.num_classes, (shape.batch,), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits, _ = teacher(x)
+        loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _student_step(shape: BenchShape, setup: _Setup, autocast_dtype, device: torch.device):
+    teacher = create_model("stgcn", layout=setup.teacher_layout, num_classes=setup.num_classes, **shape.model)
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    student = create_model("stgcn", layout=setup.student_layout, num_classes=setup.num_classes, **shape.model)
+    student = student.to(device).train()
+    optimizer = _optimizer(student)
+    n, m, t = shape.batch, shape.persons, shape.frames
+    x_hq = torch.randn(n, m, t, teacher.layout.num_joints, 3, device=device)  # (N, M, T, V_H, 3)
+    x_lq = torch.randn(n, m, t, student.layout.num_joints, 3, device=device)  # (N, M, T, V_L, 2 + score)
+    labels = torch.randint(setup.num_classes, (n,), device=device)
+    pair_index = torch.arange(n, device=device)  # every sample paired with its own HQ skeleton
+    part_matrix = torch.softmax(torch.randn(setup.num_classes, 5, device=device), dim=1)  # (K, P)
+
+    def step():
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.no_grad():
+                teacher_parts = part_pool(teacher(x_hq).features, setup.grouping, teacher.layout)  # (N, P, C)
+            logits, features = student(x_lq)
+            student_parts = part_pool(features, setup.grouping, student.layout)  # (N, P, C)
+        loss_pmsc = pmsc_loss(student_parts, teacher_parts, labels, labels, pair_index, part_matrix)
+        loss = F.cross_entropy(logits.float(), labels) + setup.alpha * loss_pmsc
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def run_train_bench(
+    shapes: Sequence[str] = ("cpu",),
+    dtypes: Sequence[str] | None = None,
+    steps: int = 5,
+    warmup: int = 2,
+    device: str | torch.device | None = None,
+) -> list[dict]:
+    """Time teacher and student KD training steps; one row per (shape, dtype, step kind).
+
+    ``dtypes`` defaults to fp32, plus bf16 autocast on a CUDA device that supports it. Each row holds the median,
+    minimum and maximum of ``steps`` timed steps (after ``warmup`` untimed ones) and ``samples_per_s`` from the median.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtypes is None:
+        dtypes = ["fp32"] + (["bf16"] if device.type == "cuda" and torch.cuda.is_bf16_supported() else [])
+    setup, rows = _Setup(), []
+    for shape_name in shapes:
+        shape = SHAPES[shape_name]
+        for dtype_name in dtypes:
+            for kind, build in (("teacher", _teacher_step), ("student_kd", _student_step)):
+                torch.manual_seed(0)
+                times = _time_steps(build(shape, setup, DTYPES[dtype_name], device), steps, warmup, device)
+                median = statistics.median(times)
+                rows.append(
+                    dict(step=kind, shape=shape_name, batch=shape.batch, frames=shape.frames, persons=shape.persons,
+                         dtype=dtype_name, device=str(device), threads=torch.get_num_threads(), steps=steps,
+                         step_ms=1e3 * median, step_ms_min=1e3 * min(times), step_ms_max=1e3 * max(times),
+                         samples_per_s=shape.batch / median)
+                )  # fmt: skip
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    header = f"{'step':<11} {'shape':<5} {'N':>3} {'T':>4} {'M':>2} {'dtype':<5} {'device':<7} {'ms/step':>9} "
+    header += f"{'(min-max)':>17} {'samples/s':>10}"
+    lines = [header]
+    for r in rows:
+        lines.append(
+            f"{r['step']:<11} {r['shape']:<5} {r['batch']:>3} {r['frames']:>4} {r['persons']:>2} {r['dtype']:<5} "
+            f"{r['device']:<7} {r['step_ms']:>9.1f} {r['step_ms_min']:>8.1f}-{r['step_ms_max']:<8.1f} "
+            f"{r['samples_per_s']:>10.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default=None, help=f"comma list of {', '.join(SHAPES)} (default: cpu, +ntu on GPU)")
+    parser.add_argument("--dtypes", default=None, help="comma list of fp32, bf16 (default: fp32, +bf16 on GPU)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    shapes = args.shapes.split(",") if args.shapes else (["ntu", "cpu"] if device.type == "cuda" else ["cpu"])
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shapes {unknown}; known: {', '.join(SHAPES)}")
+    dtypes = args.dtypes.split(",") if args.dtypes else None
+    print(format_rows(run_train_bench(shapes, dtypes, args.steps, args.warmup, device)))
+
+
+if __name__ == "__main__":
+    main()
