@@ -18,8 +18,9 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# A torch that $(PYTHON) already has (e.g. a CUDA build) is kept: the venv then sees the system site-packages.
 $(STAMP): pyproject.toml scripts/install-torch.sh
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $$($(PYTHON) -c "import torch" 2>/dev/null && echo --system-site-packages) $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	scripts/install-torch.sh $(VENV)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
