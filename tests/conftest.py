@@ -21,6 +21,7 @@ def make_sample(sample_id: str, label: int = 0, frames: int = 5, persons: int = 
         lq=rng.normal(size=(persons, frames, lq_joints, 2)).astype(np.float32) if lq else None,
         lq_score=rng.uniform(0, 1, size=(persons, frames, lq_joints)).astype(np.float32) if lq else None,
         subject=1 + seed % 40, camera=1 + seed % 3, setup=None if seed % 2 else 1 + seed % 32, replication=1,
+        split=("train", "test", None)[seed % 3],
     )
 
 

@@ -1,6 +1,7 @@
 """Parquet shards: exact round trips, the writer's refusals, the reader's schema checks and every validate check."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -38,8 +39,8 @@ def varied_samples(n=11):
 
 
 def assert_same(a, b):
-    assert (a.sample_id, a.label, a.frames, a.subject, a.camera, a.setup, a.replication) == (
-        b.sample_id, b.label, b.frames, b.subject, b.camera, b.setup, b.replication)
+    assert (a.sample_id, a.label, a.frames, a.subject, a.camera, a.setup, a.replication, a.split) == (
+        b.sample_id, b.label, b.frames, b.subject, b.camera, b.setup, b.replication, b.split)
     for side in SIDES:
         for key in (side, f"{side}_score"):
             x, y = getattr(a, key), getattr(b, key)
@@ -82,6 +83,19 @@ def test_split_filters_and_counts(tmp_path):
     view_train = [s.sample_id for s in iter_samples(tmp_path / "ds", filter=split_filter("xview", "train"))]
     assert view_train == [s.sample_id for s in samples if s.camera in (2, 3)]
     assert "xset" not in info["splits"], "setup is null on some rows, so cross-setup does not apply"
+    assert "official" not in info["splits"], "split is null on some rows"
+
+
+def test_official_split_column(tmp_path):
+    samples = [make_sample(f"s{i}", seed=i) for i in range(12)]
+    for s in samples:
+        s.split = s.split or "test"
+    info = write(tmp_path / "ds", samples)
+    train = [s.sample_id for s in iter_samples(tmp_path / "ds", filter=split_filter("official", "train"))]
+    assert train == [s.sample_id for s in samples if s.split == "train"] and len(train) == 4
+    assert info["splits"]["official"]["test"]["samples"] == 8
+    with pytest.raises(ShardDataError, match="'validation'"):
+        write(tmp_path / "bad", [make_sample("x", seed=0)] + [replace(make_sample("y", seed=1), split="validation")])
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ def _side_fields(side: str) -> list[pa.Field]:
 SCHEMA = pa.schema(
     [pa.field("sample_id", pa.string(), nullable=False), pa.field("label", pa.int32(), nullable=False)]
     + [pa.field(name, pa.int32(), nullable=True) for name in ID_COLUMNS]
+    + [pa.field("split", pa.string(), nullable=True)]  # the source's own train/test flag (Penn Action), if any
     + [pa.field("frames", pa.int32(), nullable=False)]
     + _side_fields("hq")
     + _side_fields("lq")
@@ -80,6 +81,7 @@ class Sample:
     camera: int | None = None
     setup: int | None = None
     replication: int | None = None
+    split: str | None = None  # "train"/"test" where the source dataset fixes it
 
     @property
     def paired(self) -> bool:

@@ -68,6 +68,7 @@ def _rows_to_table(samples: list[Sample], metadata: dict) -> pa.Table:
     }
     for name in ID_COLUMNS:
         columns[name] = pa.array([getattr(s, name) for s in samples], pa.int32())
+    columns["split"] = pa.array([s.split for s in samples], pa.string())
     columns["frames"] = pa.array([s.frames for s in samples], pa.int32())
     for side in SIDES:
         tensors = [getattr(s, side) for s in samples]
@@ -117,7 +118,7 @@ class DatasetWriter:
         self._buffer: list[Sample] = []
         self._shards: list[dict] = []
         self._seen_ids: set[str] = set()
-        self._rows: dict[str, list] = {k: [] for k in ("label", "has_hq", "has_lq", *ID_COLUMNS)}
+        self._rows: dict[str, list] = {k: [] for k in ("label", "has_hq", "has_lq", "split", *ID_COLUMNS)}
         self.summary: dict | None = None  # dataset.json content, once closed
 
     @property
@@ -132,6 +133,8 @@ class DatasetWriter:
         where = str(self.out_dir)
         if s.sample_id in self._seen_ids:
             raise ShardDataError(where, "duplicate sample_id", s.sample_id, "sample_id")
+        if s.split not in (None, "train", "test"):
+            raise ShardDataError(where, f"split {s.split!r} is not 'train', 'test' or None", s.sample_id, "split")
         if not 0 <= s.label < len(self.class_names):
             raise ShardDataError(where, f"label {s.label} outside [0, {len(self.class_names)})", s.sample_id, "label")
         if s.hq is None and s.lq is None:
@@ -162,7 +165,7 @@ class DatasetWriter:
         self._check(sample)
         self._seen_ids.add(sample.sample_id)
         self._buffer.append(sample)
-        for key in ("label", *ID_COLUMNS):
+        for key in ("label", "split", *ID_COLUMNS):
             self._rows[key].append(getattr(sample, key))
         self._rows["has_hq"].append(sample.hq is not None)
         self._rows["has_lq"].append(sample.lq is not None)
@@ -382,7 +385,7 @@ def iter_samples(path: str | os.PathLike, *, filter: pc.Expression | None = None
         decoded = {
             side: decode_side(batch, side, get_layout(name) if name else None, file) for side, name in layouts.items()
         }
-        scalars = batch.select(["sample_id", "label", "frames", *ID_COLUMNS]).to_pylist()
+        scalars = batch.select(["sample_id", "label", "frames", "split", *ID_COLUMNS]).to_pylist()
         for i, row in enumerate(scalars):
             sides = {}
             for side in SIDES:
@@ -390,6 +393,6 @@ def iter_samples(path: str | os.PathLike, *, filter: pc.Expression | None = None
                 sides[side] = None if pair is None else pair[0].copy()
                 sides[f"{side}_score"] = None if pair is None else pair[1].copy()
             yield Sample(
-                sample_id=row["sample_id"], label=int(row["label"]), frames=int(row["frames"]),
+                sample_id=row["sample_id"], label=int(row["label"]), frames=int(row["frames"]), split=row["split"],
                 **{k: _optional_int(row[k]) for k in ID_COLUMNS}, **sides,
             )

@@ -21,13 +21,13 @@ NTU_XSUB_TRAIN_SUBJECTS = (1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27,
 class Protocol:
     name: str
     column: str
-    train_values: frozenset[int]
+    train_values: frozenset
     description: str
 
     def filter(self, split: str) -> pc.Expression:
         """A ``pyarrow.compute`` expression selecting the rows of ``split``."""
         _check_split(split)
-        in_train = pc.field(self.column).isin(sorted(self.train_values))
+        in_train = pc.field(self.column).isin(sorted(self.train_values, key=str))
         return in_train if split == "train" else (~in_train) & pc.field(self.column).is_valid()
 
     def ray_filter(self, split: str):
@@ -35,13 +35,13 @@ class Protocol:
         from ray.data.expressions import col
 
         _check_split(split)
-        in_train = col(self.column).is_in(sorted(self.train_values))
+        in_train = col(self.column).is_in(sorted(self.train_values, key=str))
         return in_train if split == "train" else (~in_train) & col(self.column).is_not_null()
 
     def assign(self, rows: dict[str, np.ndarray]) -> np.ndarray:
         """``"train"``/``"test"`` for each row, given its column values as arrays (``None`` never counts as train)."""
         values = rows[self.column]
-        in_train = np.array([v is not None and int(v) in self.train_values for v in values], dtype=bool)
+        in_train = np.array([v is not None and v in self.train_values for v in values], dtype=bool)
         return np.where(in_train, "train", "test")
 
 
@@ -56,6 +56,7 @@ PROTOCOLS: dict[str, Protocol] = {
         Protocol("xsub", "subject", frozenset(NTU_XSUB_TRAIN_SUBJECTS), "NTU cross-subject: 20 training subjects"),
         Protocol("xview", "camera", frozenset({2, 3}), "NTU cross-view: cameras 2 and 3 train, camera 1 tests"),
         Protocol("xset", "setup", frozenset(range(2, 33, 2)), "NTU-120 cross-setup: even setup ids train"),
+        Protocol("official", "split", frozenset({"train"}), "the source dataset's own train/test flag"),
     )
 }
 
