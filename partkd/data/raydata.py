@@ -9,6 +9,7 @@ worker and in any batch.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -38,20 +39,28 @@ def read_shards(path: str | os.PathLike, *, filter=None, **read_args):
     return ds if filter is None else ds.filter(expr=filter)
 
 
+def sample_key(sample_id: str) -> int:
+    """A stable signed 64-bit key for a sample id (tensors carry numbers, not strings)."""
+    return int.from_bytes(hashlib.blake2b(sample_id.encode(), digest_size=8).digest(), "little", signed=True)
+
+
 class SideTransform:
     """``map_batches`` callable (``batch_format="pyarrow"``): shard rows -> numpy training/evaluation batch.
 
-    Output keys: ``label`` (N,), and for each side asked for ``{side}_x`` (N, M, T, V, C), ``{side}_score``
-    (N, M, T, V) and ``has_{side}`` (N,) — rows without that side get zeros and ``has_{side} = False``. With
-    ``keep_ids`` the ``sample_id``s come along (not for ``iter_torch_batches``, which takes numbers only).
+    Output keys: ``label`` (N,), ``key`` (N,) a stable int64 hash of the sample id, and for each side asked for
+    ``{side}_x`` (N, M, T, V, C), ``{side}_score`` (N, M, T, V) and ``has_{side}`` (N,) — rows without that side get
+    zeros and ``has_{side} = False``. ``cfg`` is one :class:`TransformConfig` for every side or one per side (e.g.
+    occlusion on the LQ side only). With ``keep_ids`` the ``sample_id``s come along (not for
+    ``iter_torch_batches``, which takes numbers only).
     """
 
-    def __init__(self, layouts: dict[str, str], cfg: TransformConfig | dict, seed: int, keep_ids: bool = False):
+    def __init__(self, layouts: dict[str, str], cfg: TransformConfig | dict[str, TransformConfig], seed: int,
+                 keep_ids: bool = False):
         unknown = sorted(set(layouts) - set(SIDES))
         if unknown:
             raise ValueError(f"unknown sides {unknown}; sides are {SIDES}")
         self.layouts = {side: get_layout(name) for side, name in layouts.items()}
-        self.cfg = cfg if isinstance(cfg, TransformConfig) else TransformConfig(**cfg)
+        self.cfgs = {side: cfg[side] if isinstance(cfg, dict) else cfg for side in layouts}
         self.seed, self.keep_ids = seed, keep_ids
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
@@ -59,10 +68,12 @@ class SideTransform:
         n = table.num_rows
         ids = table.column("sample_id").to_pylist()
         file = table.column(PATH_COLUMN)[0].as_py() if PATH_COLUMN in table.column_names and n else "<batch>"
-        out: dict[str, np.ndarray] = {"label": table.column("label").to_numpy().astype(np.int64)}
+        out: dict[str, np.ndarray] = {"label": table.column("label").to_numpy().astype(np.int64),
+                                      "key": np.array([sample_key(sid) for sid in ids], dtype=np.int64)}
         batch = table.to_batches()[0] if n else None
         for side, layout in self.layouts.items():
-            shape = (n, self.cfg.persons, self.cfg.frames, layout.num_joints)
+            cfg = self.cfgs[side]
+            shape = (n, cfg.persons, cfg.frames, layout.num_joints)
             x = np.zeros((*shape, layout.dims), dtype=np.float32)  # (N, M, T, V, C)
             score = np.zeros(shape, dtype=np.float32)  # (N, M, T, V)
             rows = decode_side(batch, side, layout, file) if n else []
@@ -71,7 +82,7 @@ class SideTransform:
                 kept = [r for r in rows if r is not None]
                 kept_ids = [sid for sid, p in zip(ids, present) if p]
                 x[present], score[present] = transform_batch(
-                    [r[0] for r in kept], [r[1] for r in kept], layout, self.cfg, self.seed, sample_ids=kept_ids
+                    [r[0] for r in kept], [r[1] for r in kept], layout, cfg, self.seed, sample_ids=kept_ids
                 )
             out[f"{side}_x"], out[f"{side}_score"], out[f"has_{side}"] = x, score, present
         if self.keep_ids:

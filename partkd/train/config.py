@@ -1,0 +1,189 @@
+"""Typed job configuration with the paper's defaults in one place (DESIGN §9, STYLE.md §4).
+
+A job is a :class:`JobConfig` of four frozen parts. ``asdict()`` crosses into Ray; ``JobConfig.from_dict`` rebuilds
+it on the worker's first line. A TOML/YAML file and ``--set section.key=value`` hold only overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OBJECTIVES = ("ce", "kl", "global_msc", "pmsc")
+HQ_SOURCES = ("batch", "bank")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""  # dataset directory (shards + dataset.json)
+    protocol: str = "xsub"  # split protocol: train on its "train" split, evaluate on its "test" split
+    frames: int = 300  # T
+    persons: int = 2  # M
+    occlusion_prob: float = 0.0  # OP of the synthesized occlusion on the LQ side (train and evaluation)
+    occlusion_unit: str = "joint-frame"
+    eval_occlusion_probs: tuple[float, ...] = (0.0, 0.3, 0.6)  # the paper's Table 1
+    batch_size: int = 64  # per worker
+    seed: int = 0  # occlusion masks and shuffling
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "stgcn"
+    base_channels: int = 64
+    stage_blocks: tuple[int, ...] = (4, 3, 3)
+    dropout: float = 0.5
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    objective: str = "pmsc"  # ce (no KD) | kl | global_msc | pmsc
+    alpha: float = 1.0  # weight of the distillation term: L = L_c + alpha L_kd (Eq. 4)
+    w: float = 0.5  # weight of the positive set (Eq. 8)
+    tau: float = 1.0  # temperature of the similarity (1 = paper)
+    kl_temperature: float = 4.0
+    grouping: str = "paper5"
+    hq_source: str = "bank"  # batch (paper: HQ of the mini-batch, gathered across ranks) | bank (teacher features)
+    bank_negatives: int = 64  # bank mode: HQ entries sampled per step besides the batch's own pairs
+    mask_missing: bool = False  # leave score-0 joints out of the part mean (paper: off)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 60
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: tuple[int, ...] = (30, 40, 50)
+    gamma: float = 0.1
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0  # leave CPUs for Ray Data: on a 2-core laptop, 2 workers x 0.5
+    bf16: bool = True  # autocast on GPU
+    max_failures: int = 1
+    storage_path: str = "runs/ray"
+    name: str = ""  # Ray Train run name; a job started again with the same name resumes
+    fail_at_epoch: int = -1  # testing: one worker raises once after this epoch's checkpoint
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher_checkpoint: str = ""  # student jobs: the teacher's checkpoint directory
+    part_matrix: str = ""  # student jobs with pmsc: E as .npy
+    tracking_uri: str = ""
+    mlflow_run_id: str = ""
+
+    def __post_init__(self):
+        if self.loss.objective not in OBJECTIVES:
+            raise ValueError(f"loss.objective must be one of {', '.join(OBJECTIVES)}, got {self.loss.objective!r}")
+        if self.loss.hq_source not in HQ_SOURCES:
+            raise ValueError(f"loss.hq_source must be one of {', '.join(HQ_SOURCES)}, got {self.loss.hq_source!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> JobConfig:
+        return _build(cls, values, "")
+
+    def flat(self) -> dict[str, object]:
+        """``section.key`` -> value, for MLflow params."""
+        out = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+
+def _coerce(tp, value, where: str):
+    """``value`` (from JSON, TOML or a ``--set`` string) as the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a table of settings, got {value!r}")
+        return _build(tp, value, where + ".")
+    if origin is tuple:
+        inner = typing.get_args(tp)[0]
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        return tuple(_coerce(inner, v, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool:
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{where}: expected true or false, got {value!r}")
+            return value.lower() in ("true", "1", "yes")
+        return bool(value)
+    try:
+        return tp(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+
+
+def _build(cls, values: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown setting {prefix}{unknown[0]}; known: {', '.join(prefix + n for n in sorted(names))}")
+    return cls(**{k: _coerce(hints[k], v, prefix + k) for k, v in values.items()})
+
+
+def _read_file(path: str) -> dict:
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = file.read_text()
+    if file.suffix == ".toml":
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
+        return tomllib.loads(text)
+    if file.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:  # pragma: no cover
+            raise ValueError(f"{path}: YAML needs PyYAML (pip install pyyaml), or use TOML") from None
+        return yaml.safe_load(text) or {}
+    if file.suffix == ".json":
+        return json.loads(text)
+    raise ValueError(f"{path}: config files are .toml, .yaml or .json")
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(base: JobConfig | None = None, file: str | None = None, sets: list[str] = ()) -> JobConfig:
+    """``base`` (default: the paper's) overridden by a config file, then by ``section.key=value`` strings."""
+    values = (base or JobConfig()).to_dict()
+    if file:
+        values = _merge(values, _read_file(file))
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected section.key=value")
+        *sections, name = key.strip().split(".")
+        target = values
+        for section in sections:
+            if not isinstance(target.get(section), dict):
+                raise ValueError(f"--set {item!r}: unknown section {section!r}")
+            target = target[section]
+        target[name] = value.strip()
+    return JobConfig.from_dict(values)

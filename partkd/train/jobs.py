@@ -1,0 +1,152 @@
+"""Driver side of a training job: Ray Data inputs, the ``TorchTrainer``, the MLflow run, the final checkpoint.
+
+``train_teacher`` and ``train_student`` each run one Ray Train job (DDP over ``train.num_workers`` workers) from the
+shards: ``read_shards`` (split filter pushed down) -> ``map_batches(SideTransform)`` -> ``get_dataset_shard`` ->
+``iter_torch_batches`` in the loops. The run named ``train.name`` under ``train.storage_path`` keeps every epoch's
+checkpoint; starting the same job again resumes it. The final checkpoint is copied to ``<storage>/<name>/final``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.data.expressions import col
+from ray.train.torch import TorchTrainer
+
+from partkd import tracking
+from partkd.data.raydata import SideTransform, read_shards
+from partkd.data.shards import load_info
+from partkd.data.splits import split_ray_filter
+from partkd.data.transforms import TransformConfig
+from partkd.train.common import load_meta, model_meta
+from partkd.train.config import JobConfig
+from partkd.train.loops import student_loop, teacher_loop
+
+
+@dataclass
+class JobResult:
+    checkpoint: Path  # the final checkpoint directory
+    metrics: dict  # the last epoch's metrics
+    run_id: str  # MLflow run
+
+
+def transform_configs(job: JobConfig) -> dict[str, TransformConfig]:
+    """HQ as it is; the LQ side with the job's synthesized occlusion (the same masks for every model)."""
+    base = TransformConfig(frames=job.data.frames, persons=job.data.persons, crop="center")
+    return {"hq": base, "lq": replace(base, occlusion_prob=job.data.occlusion_prob,
+                                      occlusion_unit=job.data.occlusion_unit)}
+
+
+def job_datasets(job: JobConfig, layouts: dict[str, str], require: str) -> dict:
+    """``train`` and ``val`` (the protocol's test split) datasets of the rows that have side ``require``."""
+    cfgs = transform_configs(job)
+    transform = SideTransform(layouts, {side: cfgs[side] for side in layouts}, seed=job.data.seed)
+    datasets = {}
+    for name, split in (("train", "train"), ("val", "test")):
+        predicate = split_ray_filter(job.data.protocol, split) & col(require).is_not_null()
+        ds = read_shards(job.data.path, filter=predicate)
+        datasets[name] = ds.map_batches(transform, batch_format="pyarrow", batch_size=job.data.batch_size)
+    return datasets
+
+
+def _ensure_ray() -> None:
+    """A local Ray unless one is running (``ray job submit`` and tests start their own); quiet Data progress bars."""
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def _fit(loop, job: JobConfig, meta: dict, datasets: dict) -> ray.train.Result:
+    run_config = ray.train.RunConfig(
+        name=job.train.name, storage_path=str(Path(job.train.storage_path).resolve()),
+        failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+    )
+    data_config = ray.train.DataConfig(datasets_to_split="all",
+                                       execution_options=ray.data.ExecutionOptions(preserve_order=True))
+    trainer = TorchTrainer(
+        loop, train_loop_config={"job": job.to_dict(), "meta": meta},
+        scaling_config=ray.train.ScalingConfig(num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
+                                               resources_per_worker={"CPU": job.train.cpus_per_worker}),
+        run_config=run_config, datasets=datasets, dataset_config=data_config,
+    )
+    return trainer.fit()
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve()) if path else path
+
+
+def absolute_paths(job: JobConfig) -> JobConfig:
+    """Workers run in their own directories: every path they read is made absolute on the driver."""
+    return replace(job, teacher_checkpoint=_absolute(job.teacher_checkpoint), part_matrix=_absolute(job.part_matrix),
+                   data=replace(job.data, path=_absolute(job.data.path)),
+                   train=replace(job.train, storage_path=_absolute(job.train.storage_path)))
+
+
+def _run(kind: str, loop, job: JobConfig, meta: dict, datasets: dict, info: dict, tags: dict) -> JobResult:
+    """Fit inside an MLflow run: params and tags up front, per-epoch metrics from rank 0, checkpoint at the end."""
+    uri = job.tracking_uri or tracking.tracking_uri()
+    name = job.train.name or f"{kind}-{info['name']}-seed{job.train.seed}"
+    job = replace(job, tracking_uri=uri, train=replace(job.train, name=name))
+    run_id = tracking.start_run(uri, experiment=f"partkd/{info['name']}", run_name=name, params=job.flat(),
+                                tags={"kind": kind, "dataset_fingerprint": info["fingerprint"], **tags})
+    job = replace(job, mlflow_run_id=run_id)
+    try:
+        result = _fit(loop, job, meta, datasets)
+    except Exception:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise
+    final = Path(job.train.storage_path).resolve() / name / "final"
+    with result.checkpoint.as_directory() as directory:
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.copytree(directory, final)
+    meta_file = final / "meta.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "mlflow_run_id": run_id}, indent=2))
+    tracking.log_artifacts(uri, run_id, final, "checkpoint")
+    tracking.end_run(uri, run_id)
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    return JobResult(final, metrics, run_id)
+
+
+def train_teacher(job: JobConfig) -> JobResult:
+    """Ray Train job: the teacher on the HQ skeletons of the protocol's training split (Eq. 2)."""
+    job = absolute_paths(job)
+    info = load_info(job.data.path)
+    if not info.get("hq_layout"):
+        raise ValueError(f"{job.data.path}: the dataset has no HQ side to train a teacher on")
+    _ensure_ray()
+    meta = {**model_meta(job.model, info["hq_layout"], info["num_classes"], info["class_names"]), "side": "hq"}
+    datasets = job_datasets(job, {"hq": info["hq_layout"]}, require="hq")
+    return _run("teacher", teacher_loop, job, meta, datasets, info, {})
+
+
+def train_student(job: JobConfig) -> JobResult:
+    """Ray Train job: the student on the LQ skeletons (paired and solitary), L_c + alpha L_kd (Eq. 4)."""
+    job = absolute_paths(job)
+    info = load_info(job.data.path)
+    if not info.get("lq_layout"):
+        raise ValueError(f"{job.data.path}: the dataset has no LQ side to train a student on")
+    kd = job.loss.objective != "ce"
+    tags = {}
+    meta = {**model_meta(job.model, info["lq_layout"], info["num_classes"], info["class_names"]), "side": "lq"}
+    layouts = {"lq": info["lq_layout"]}
+    if kd:
+        if not job.teacher_checkpoint:
+            raise ValueError(f"loss.objective={job.loss.objective} needs teacher_checkpoint")
+        teacher = load_meta(job.teacher_checkpoint)
+        meta["teacher_channels"] = teacher["base_channels"] * 2 ** (len(teacher["stage_blocks"]) - 1)
+        tags["teacher_run_id"] = teacher.get("mlflow_run_id", "")
+        if teacher["layout"] != info["hq_layout"]:
+            raise ValueError(f"teacher layout {teacher['layout']} is not the dataset's HQ layout {info['hq_layout']}")
+        layouts["hq"] = teacher["layout"]
+        if job.loss.objective == "pmsc" and not job.part_matrix:
+            raise ValueError("loss.objective=pmsc needs part_matrix (see `partkd part-matrix`)")
+    _ensure_ray()
+    datasets = job_datasets(job, layouts, require="lq")
+    return _run("student", student_loop, job, meta, datasets, info, tags)
