@@ -103,25 +103,119 @@ def cmd_validate(args) -> int:
     return 0 if report.ok else 1
 
 
+def _job_from_args(args, extra_sets: list[str] = ()) -> JobConfig:  # noqa: F821
+    from partkd.train.config import load_config
+
+    sets = list(extra_sets)
+    if getattr(args, "data", None):
+        sets.append(f"data.path={args.data}")
+    return load_config(file=args.config, sets=sets + list(args.set or []))
+
+
+def cmd_train(args) -> int:
+    from partkd.train.jobs import train_student, train_teacher
+
+    extra = []
+    if args.role == "student":
+        if args.teacher:
+            extra.append(f"teacher_checkpoint={args.teacher}")
+        if args.part_matrix:
+            extra.append(f"part_matrix={args.part_matrix}")
+    job = _job_from_args(args, extra)
+    if args.role == "student" and job.loss.objective == "pmsc" and not job.part_matrix and job.teacher_checkpoint:
+        from dataclasses import replace
+
+        from partkd.train.evaluate import part_matrix_for_teacher
+
+        matrix = part_matrix_for_teacher(job.teacher_checkpoint, job.data.path, job.data.protocol, job.loss.grouping,
+                                         frames=job.data.frames, persons=job.data.persons)
+        print(f"part matrix: {matrix}", flush=True)
+        job = replace(job, part_matrix=str(matrix))
+    result = (train_teacher if args.role == "teacher" else train_student)(job)
+    print(f"checkpoint   {result.checkpoint}\nmlflow run   {result.run_id}")
+    print("metrics      " + "  ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
+    return 0
+
+
+def cmd_part_matrix(args) -> int:
+    from partkd.train.evaluate import part_matrix_for_teacher
+
+    path = part_matrix_for_teacher(args.teacher, args.data, args.protocol, args.grouping, frames=args.frames,
+                                   persons=args.persons, temperature=args.temperature, overwrite=args.overwrite)
+    print(f"E: {path}  heatmap: {path.with_suffix('.png')}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from partkd.train.common import load_meta
+    from partkd.train.evaluate import evaluate_checkpoint, plot_confusion
+
+    probs = tuple(float(p) for p in args.ops.split(","))
+    results = evaluate_checkpoint(args.checkpoint, args.data, args.protocol, probs, frames=args.frames,
+                                  persons=args.persons, seed=args.seed)
+    meta = load_meta(args.checkpoint)
+    print(f"{'OP':>4} {'top-1':>8} {'top-5':>8} {'samples':>8}")
+    for ev in results:
+        print(f"{ev.occlusion_prob:>4.1f} {100 * ev.top1:>7.2f}% {100 * ev.top5:>7.2f}% {ev.samples:>8}")
+    print(f"\nper-class top-1 at OP {results[0].occlusion_prob:.1f}:")
+    for name, acc in zip(meta["class_names"], results[0].per_class):
+        print(f"  {name[:30]:<30} {100 * acc:6.1f}%")
+    if args.confusion:
+        plot_confusion(results[0].confusion, meta["class_names"], Path(args.confusion))
+        print(f"confusion matrix: {args.confusion}")
+    return 0
+
+
 def cmd_demo(args) -> int:
-    from partkd.data.synth import SynthConfig
     from partkd.data.validate import validate_dataset
+    from partkd.train.pipeline import preset_job, preset_synth, run_pipeline
 
     out = Path(args.out)
-    cfg = (SynthConfig(samples=64, classes=10, frames=48, seed=args.seed) if args.smoke_test
-           else SynthConfig(samples=2000, classes=16, frames=100, seed=args.seed))
-    print(f"[1/3] generating {cfg.samples} synthetic paired skeletons into {out} "
-          f"(HQ ntu25 3D, LQ coco17 2D, noise {cfg.noise})", flush=True)
+    preset = "smoke" if args.smoke_test else "full"
+    cfg = preset_synth(preset, args.seed)
+    start = time.perf_counter()
+    print(f"[data] {cfg.samples} synthetic skeletons, {cfg.classes} classes, T<={cfg.frames}, "
+          f"{cfg.paired_fraction:.0%} paired (HQ ntu25 3D, LQ coco17 2D, noise {cfg.noise}) -> {out / 'data'}",
+          flush=True)
     synthesize(out / "data", cfg, overwrite=True)
-    print("[2/3] validating the shards", flush=True)
     report = validate_dataset(out / "data")
-    print(format_report(report))
+    print(format_report(report), flush=True)
     if not report.ok:
         return 1
-    print("[3/3] summary\n", flush=True)
-    from partkd.data.shards import load_info
+    name = f"demo-seed{args.seed}" + ("-smoke" if args.smoke_test else "")
+    job = preset_job(preset, out / "data", out / "ray", args.seed, name, list(args.set or []))
+    result = run_pipeline(job, say=lambda line: print(line, flush=True))
+    print("\n" + result.markdown)
+    (out / "results.md").write_text(result.markdown)
+    print(f"results: {out / 'results.md'}   MLflow parent run {result.run_id} ({job.tracking_uri or 'mlflow.db'})")
+    print(f"demo wall time: {time.perf_counter() - start:.0f} s")
+    return 0
 
-    print(format_info(load_info(out / "data"), out / "data"))
+
+def cmd_bench_kd(args) -> int:
+    from partkd.data.shards import load_info
+    from partkd.train.pipeline import preset_synth
+    from partkd.train.study import run_kd_study
+
+    out = Path(args.out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    objectives = tuple(o.strip() for o in args.objectives.split(","))
+    datasets = {}
+    for seed in seeds:
+        cfg = preset_synth(args.preset, seed, args.paired_fraction)
+        path = out / f"data-seed{seed}"
+        try:
+            reuse = load_info(path).get("info", {}) == {"generator": "partkd.data.synth", **cfg.__dict__,
+                                                         "simulated_lq": True}
+        except (FileNotFoundError, ValueError):
+            reuse = False
+        if not reuse:
+            print(f"[data] seed {seed}: {cfg.samples} samples, {cfg.paired_fraction:.0%} paired -> {path}", flush=True)
+            synthesize(path, cfg, overwrite=True)
+        datasets[seed] = path
+    run_kd_study(out, datasets, objectives, args.preset, list(args.set or []),
+                 say=lambda line: print(line, flush=True))
+    print(f"results: {out / 'results.md'}  (per seed: {out / 'results.csv'})")
     return 0
 
 
@@ -169,11 +263,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("demo", help="run the demo pipeline end to end on synthetic data")
+    p = sub.add_parser("demo", help="synthetic data -> teacher -> E -> students without and with KD -> Table 1")
     p.add_argument("--out", default="runs/demo", help="working directory of the demo (its data is replaced)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--smoke-test", action="store_true", help="the same stages on a tiny dataset")
+    p.add_argument("--smoke-test", action="store_true", help="the same stages on a tiny dataset (about a minute)")
+    p.add_argument("--set", action="append", help="override a setting, e.g. --set train.epochs=20")
     p.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="Ray Train jobs").add_subparsers(dest="role", required=True)
+    for role, text in (("teacher", "the teacher on HQ skeletons (Eq. 2)"),
+                       ("student", "the student on LQ skeletons, L_c + alpha L_kd (Eq. 4)")):
+        p = train.add_parser(role, help=text)
+        p.add_argument("--data", help="dataset directory (same as --set data.path=...)")
+        p.add_argument("--config", help="TOML/YAML file of overrides")
+        p.add_argument("--set", action="append", help="section.key=value, e.g. train.epochs=5 (repeatable)")
+        if role == "student":
+            p.add_argument("--teacher", help="teacher checkpoint directory")
+            p.add_argument("--part-matrix", help="E as .npy (computed from the teacher and cached if not given)")
+        p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("part-matrix", help="E from a teacher's part-occlusion tests on the HQ training split")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--protocol", default="xsub")
+    p.add_argument("--grouping", default="paper5")
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--persons", type=int, default=2)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--overwrite", action="store_true", help="recompute even if cached beside the checkpoint")
+    p.set_defaults(func=cmd_part_matrix)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion on the test split at OPs")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True)
+    p.add_argument("--protocol", default="xsub")
+    p.add_argument("--ops", default="0,0.3,0.6", help="occlusion probabilities")
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--persons", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="occlusion masks (the same for every model)")
+    p.add_argument("--confusion", help="write the OP-0 confusion matrix PNG here")
+    p.set_defaults(func=cmd_evaluate)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench_command", required=True)
@@ -186,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "options: --shapes cpu,ntu,tiny --dtypes fp32,bf16 --steps --warmup --device",
                          add_help=False)
     p.set_defaults(func=cmd_bench_train, passthrough=True)  # its options go to partkd.bench
+    p = bench.add_parser("kd", help="the synthetic benchmark: teacher and students over seeds, mean +- std at each OP")
+    p.add_argument("--out", default="runs/bench-kd", help="working directory (datasets, checkpoints, results)")
+    p.add_argument("--seeds", default="1,2,3", help="each seed draws its own dataset, training run and masks")
+    p.add_argument("--objectives", default="ce,kl,global_msc,pmsc", help="student objectives (ce = without KD)")
+    p.add_argument("--paired-fraction", type=float, default=1.0, help="share of samples with an HQ side")
+    p.add_argument("--preset", choices=("full", "smoke"), default="full")
+    p.add_argument("--set", action="append", help="override a setting, e.g. --set loss.alpha=2")
+    p.set_defaults(func=cmd_bench_kd)
     return parser
 
 
@@ -200,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     try:
         return args.func(args)
-    except (ShardError, FileExistsError, UnknownNameError, ValueError) as err:
+    except (ShardError, FileExistsError, FileNotFoundError, UnknownNameError, ValueError) as err:
         print(f"partkd: error: {err}", file=sys.stderr)
         return 2
 

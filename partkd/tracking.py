@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -87,3 +89,53 @@ def set_tags(uri: str, run_id: str, tags: dict) -> None:
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     MlflowClient(tracking_uri=uri).set_terminated(run_id, status)
+
+
+def format_epoch(name: str, epoch: int, epochs: int, metrics: dict) -> str:
+    """One progress line for a finished epoch: losses, accuracies, learning rate, throughput."""
+    losses = "  ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(metrics.items()) if k.startswith("loss/"))
+    return (f"[{name}] epoch {epoch + 1}/{epochs}  {losses}  train {100 * metrics.get('train/top1', 0):.1f}%  "
+            f"val {100 * metrics.get('val/top1', 0):.1f}%  lr {metrics.get('lr', 0):.3g}  "
+            f"{metrics.get('samples_per_s', 0):.0f} samples/s")
+
+
+class EpochProgress:
+    """Follows a run's per-epoch metrics (logged by rank 0) from the driver and says a line per new epoch.
+
+    Ray's worker output is not forwarded to the driver by default (it is mostly Ray's own logging), so progress comes
+    from the MLflow run, which is where the metrics live anyway. A context manager: a polling thread while inside.
+    """
+
+    def __init__(self, uri: str, run_id: str, name: str, epochs: int, say: Callable[[str], None] = print,
+                 interval_s: float = 1.0):
+        self.uri, self.run_id, self.name, self.epochs, self.say = uri, run_id, name, epochs, say
+        self.interval_s = interval_s
+        self.last_step = -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def poll(self) -> None:
+        client = MlflowClient(tracking_uri=self.uri)
+        steps = [m.step for m in client.get_metric_history(self.run_id, "val/top1")]
+        if steps and max(steps) > self.last_step:
+            self.last_step = max(steps)
+            self.say(format_epoch(self.name, self.last_step, self.epochs, client.get_run(self.run_id).data.metrics))
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - progress output must never break a job; the next poll tries again
+                pass
+
+    def __enter__(self) -> EpochProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.poll()  # the last epoch, if the thread missed it
+        except Exception:  # noqa: BLE001
+            pass

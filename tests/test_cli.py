@@ -1,8 +1,11 @@
 """The `partkd` commands as a user runs them: exit codes and what they print."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from mlflow.tracking import MlflowClient
 
 from partkd.cli import main
 
@@ -40,9 +43,30 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
 
 
 def test_demo_smoke_test_through_the_console_script(tmp_path):
+    """The README's first command on a tiny dataset: every stage, the table, and the MLflow runs in ./mlflow.db."""
     script = Path(sys.executable).parent / "partkd"
-    result = subprocess.run([str(script), "demo", "--smoke-test", "--out", str(tmp_path / "demo")],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "passed every check" in result.stdout and "[3/3]" in result.stdout
-    assert (tmp_path / "demo" / "data" / "dataset.json").exists()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run([str(script), "demo", "--smoke-test", "--out", "demo"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "passed every check" in result.stdout
+    for stage in ("[1/4] teacher", "[2/4] part matrix", "[3/4] student (w/o kd)", "[4/4] student (w/ kd)"):
+        assert stage in result.stdout
+    assert "epoch 2/2" in result.stdout  # per-epoch progress reaches the terminal
+    table = (tmp_path / "demo" / "results.md").read_text().splitlines()
+    assert [line.split("|")[1:4] for line in table[2:]] == [
+        [" Teacher ", " HQ ntu25 ", " 0.0 "],
+        *[[f" Student (w/{kd} KD) ", " LQ coco17 ", f" {op} "] for kd in ("o", "") for op in ("0.0", "0.3", "0.6")],
+    ]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parent = next(r for r in runs if r.data.tags.get("kind") == "pipeline")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["kind"] for r in children) == ["student", "student", "teacher"]
+    assert all(r.info.status == "FINISHED" for r in [parent, *children])
+    artifacts = {a.path for folder in ("results", "part_matrix", "confusion")
+                 for a in client.list_artifacts(parent.info.run_id, folder)}
+    assert {"results/results.md", "results/results.csv", "confusion/confusion_teacher.png"} <= artifacts
+    assert any(a.startswith("part_matrix/") and a.endswith(".npy") for a in artifacts)
+    top1 = parent.data.metrics["test/top1/student_pmsc/op0.6"]
+    assert f"{100 * top1:.2f}" in table[-1]  # the table and MLflow say the same

@@ -80,7 +80,8 @@ class JobConfig:
     teacher_checkpoint: str = ""  # student jobs: the teacher's checkpoint directory
     part_matrix: str = ""  # student jobs with pmsc: E as .npy
     tracking_uri: str = ""
-    mlflow_run_id: str = ""
+    mlflow_run_id: str = ""  # set by the driver: the job's run, where rank 0 logs
+    parent_run_id: str = ""  # nest the job's run under this one (a demo, a study)
 
     def __post_init__(self):
         if self.loss.objective not in OBJECTIVES:

@@ -116,3 +116,15 @@ def part_matrix_for_teacher(teacher_checkpoint: str | Path, data_path: str, prot
                                  torch.device(device))
     npy, _ = save_part_matrix(matrix, target, info["class_names"], list(grouping_obj.part_names))
     return Path(npy)
+
+
+def results_table(rows: list[dict], protocol: str) -> tuple[str, str]:
+    """Table 1 of the paper as Markdown and CSV: one row per (model, OP) with top-1/top-5 in %."""
+    header = ["model", "skeleton", "OP", f"top-1 ({protocol})", f"top-5 ({protocol})"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    csv = [",".join(header)]
+    for r in rows:
+        cells = [r["model"], r["skeleton"], f"{r['op']:.1f}", f"{100 * r['top1']:.2f}", f"{100 * r['top5']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+        csv.append(",".join(cells))
+    return "\n".join(lines) + "\n", "\n".join(csv) + "\n"

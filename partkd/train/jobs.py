@@ -9,7 +9,10 @@ checkpoint; starting the same job again resumes it. The final checkpoint is copi
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,6 +38,27 @@ class JobResult:
     run_id: str  # MLflow run
 
 
+class JobDataError(ValueError):
+    """A training job's workers met a bad row or shard; the message is the reader's (file, sample, column)."""
+
+
+_SHARD_ERROR_LINE = re.compile(r"partkd\.data\.schema\.Shard\w*Error: (.+)")
+
+
+def worker_data_error(err: BaseException) -> str | None:
+    """The reader's message inside a failed Ray Train job, if a shard error stopped it.
+
+    Ray hands worker errors to the driver as text (a ``WorkerGroupError`` whose ``worker_failures`` hold each rank's
+    traceback, Ray Data's own error wrapped around ours), so the shard error is found by its line.
+    """
+    failures = getattr(err, "worker_failures", None) or {}
+    for text in [str(e) for e in failures.values()] + [str(err)]:
+        match = _SHARD_ERROR_LINE.search(text)
+        if match:
+            return match.group(1).strip()
+    return None
+
+
 def transform_configs(job: JobConfig) -> dict[str, TransformConfig]:
     """HQ as it is; the LQ side with the job's synthesized occlusion (the same masks for every model)."""
     base = TransformConfig(frames=job.data.frames, persons=job.data.persons, crop="center")
@@ -55,9 +79,15 @@ def job_datasets(job: JobConfig, layouts: dict[str, str], require: str) -> dict:
 
 
 def _ensure_ray() -> None:
-    """A local Ray unless one is running (``ray job submit`` and tests start their own); quiet Data progress bars."""
+    """A local Ray unless one is running (``ray job submit`` and tests start their own); quiet Data progress bars.
+
+    Worker and actor output stays in Ray's log files (``/tmp/ray/session_latest/logs``) unless
+    ``PARTKD_RAY_LOG_TO_DRIVER=1``: it is Ray's own chatter (and, without the dashboard that the core install leaves
+    out, a State-API warning every few seconds); progress comes from the MLflow run and errors reach the driver anyway.
+    """
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False)
+        ray.init(include_dashboard=False, configure_logging=False,
+                 log_to_driver=os.environ.get("PARTKD_RAY_LOG_TO_DRIVER", "0") == "1")
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
@@ -89,18 +119,24 @@ def absolute_paths(job: JobConfig) -> JobConfig:
                    train=replace(job.train, storage_path=_absolute(job.train.storage_path)))
 
 
-def _run(kind: str, loop, job: JobConfig, meta: dict, datasets: dict, info: dict, tags: dict) -> JobResult:
+def _run(kind: str, loop, job: JobConfig, meta: dict, datasets: dict, info: dict, tags: dict,
+         say: Callable[[str], None]) -> JobResult:
     """Fit inside an MLflow run: params and tags up front, per-epoch metrics from rank 0, checkpoint at the end."""
     uri = job.tracking_uri or tracking.tracking_uri()
     name = job.train.name or f"{kind}-{info['name']}-seed{job.train.seed}"
     job = replace(job, tracking_uri=uri, train=replace(job.train, name=name))
     run_id = tracking.start_run(uri, experiment=f"partkd/{info['name']}", run_name=name, params=job.flat(),
-                                tags={"kind": kind, "dataset_fingerprint": info["fingerprint"], **tags})
+                                tags={"kind": kind, "dataset_fingerprint": info["fingerprint"], **tags},
+                                parent_run_id=job.parent_run_id or None)
     job = replace(job, mlflow_run_id=run_id)
     try:
-        result = _fit(loop, job, meta, datasets)
-    except Exception:
+        with tracking.EpochProgress(uri, run_id, name, job.train.epochs, say=say):
+            result = _fit(loop, job, meta, datasets)
+    except Exception as err:
         tracking.end_run(uri, run_id, "FAILED")
+        bad_data = worker_data_error(err)
+        if bad_data:
+            raise JobDataError(f"job {name} stopped on bad data: {bad_data}") from err
         raise
     final = Path(job.train.storage_path).resolve() / name / "final"
     with result.checkpoint.as_directory() as directory:
@@ -114,7 +150,7 @@ def _run(kind: str, loop, job: JobConfig, meta: dict, datasets: dict, info: dict
     return JobResult(final, metrics, run_id)
 
 
-def train_teacher(job: JobConfig) -> JobResult:
+def train_teacher(job: JobConfig, say: Callable[[str], None] = print) -> JobResult:
     """Ray Train job: the teacher on the HQ skeletons of the protocol's training split (Eq. 2)."""
     job = absolute_paths(job)
     info = load_info(job.data.path)
@@ -123,10 +159,10 @@ def train_teacher(job: JobConfig) -> JobResult:
     _ensure_ray()
     meta = {**model_meta(job.model, info["hq_layout"], info["num_classes"], info["class_names"]), "side": "hq"}
     datasets = job_datasets(job, {"hq": info["hq_layout"]}, require="hq")
-    return _run("teacher", teacher_loop, job, meta, datasets, info, {})
+    return _run("teacher", teacher_loop, job, meta, datasets, info, {}, say)
 
 
-def train_student(job: JobConfig) -> JobResult:
+def train_student(job: JobConfig, say: Callable[[str], None] = print) -> JobResult:
     """Ray Train job: the student on the LQ skeletons (paired and solitary), L_c + alpha L_kd (Eq. 4)."""
     job = absolute_paths(job)
     info = load_info(job.data.path)
@@ -149,4 +185,4 @@ def train_student(job: JobConfig) -> JobResult:
             raise ValueError("loss.objective=pmsc needs part_matrix (see `partkd part-matrix`)")
     _ensure_ray()
     datasets = job_datasets(job, layouts, require="lq")
-    return _run("student", student_loop, job, meta, datasets, info, tags)
+    return _run("student", student_loop, job, meta, datasets, info, tags, say)

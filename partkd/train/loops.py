@@ -111,6 +111,7 @@ def _evaluate(wc: WorkerContext, model: nn.Module, side: str, epoch: int) -> flo
 
 
 def _setup(wc: WorkerContext):
+    torch.manual_seed(wc.job.train.seed)  # the same initial weights on every rank and in every run of the seed
     model = ray.train.torch.prepare_model(build_model(wc.meta))
     optimizer, scheduler = make_optimizer(model, wc.job.train)
     checkpoint = ray.train.get_checkpoint()
@@ -207,6 +208,12 @@ class FeatureBank:
     feats: Tensor  # (NB, ...)
     labels: Tensor  # (NB,)
 
+    @classmethod
+    def from_rows(cls, keys: Tensor, feats: Tensor, labels: Tensor) -> FeatureBank:
+        """A bank of rows in any order (sorted here by key, for lookups)."""
+        order = torch.argsort(keys)
+        return cls(keys[order], feats[order], labels[order])
+
     def hq_set(self, keys: Tensor, has_hq: Tensor, negatives: int, generator: torch.Generator) -> TeacherSide:
         """The batch's own HQ entries (pairs) plus ``negatives`` entries drawn from the whole bank."""
         rows = torch.searchsorted(self.keys, keys[has_hq])  # (B_hq,)
@@ -231,11 +238,7 @@ def build_bank(wc: WorkerContext, teacher: nn.Module, teacher_layout, grouping) 
             labels.append(batch["label"][keep])
     if not keys:
         raise RuntimeError("bank mode: this worker's shard of the training split holds no HQ skeleton")
-    all_keys, _ = _gather_rows(torch.cat(keys))
-    all_feats, _ = _gather_rows(torch.cat(feats))
-    all_labels, _ = _gather_rows(torch.cat(labels))
-    order = torch.argsort(all_keys)
-    return FeatureBank(all_keys[order], all_feats[order], all_labels[order])
+    return FeatureBank.from_rows(*(_gather_rows(torch.cat(rows))[0] for rows in (keys, feats, labels)))
 
 
 def student_representation(out, objective: str, grouping, layout, projection: nn.Module, scores=None) -> Tensor:
@@ -275,7 +278,7 @@ def student_loop(config: dict) -> None:
     bank = build_bank(wc, teacher, teacher_layout, grouping) if kd and loss_cfg.hq_source == "bank" else None
 
     model, optimizer, scheduler, start = _setup(wc)
-    projection = unwrap(model).projection
+    projection = unwrap(model).projection if kd else None
     for epoch in range(start, wc.job.train.epochs):
         generator = torch.Generator().manual_seed(_seed_epoch(wc, epoch))
         model.train()

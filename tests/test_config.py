@@ -1,0 +1,52 @@
+"""Job configuration: the paper's defaults, a TOML/JSON file of overrides, then --set, with clear errors."""
+
+import json
+
+import pytest
+
+from partkd.cli import main
+from partkd.train.config import JobConfig, load_config
+
+
+def test_defaults_are_the_papers():
+    job = JobConfig()
+    assert (job.train.lr, job.train.momentum, job.train.weight_decay) == (0.1, 0.9, 1e-4)
+    assert (job.train.epochs, job.train.milestones, job.train.gamma) == (60, (30, 40, 50), 0.1)
+    assert (job.data.frames, job.data.persons, job.data.eval_occlusion_probs) == (300, 2, (0.0, 0.3, 0.6))
+    assert (job.loss.objective, job.loss.alpha, job.loss.w, job.loss.tau, job.loss.grouping) == (
+        "pmsc", 1.0, 0.5, 1.0, "paper5")
+
+
+def test_file_then_sets_override_in_order(tmp_path):
+    toml = tmp_path / "job.toml"
+    toml.write_text('[train]\nepochs = 5\nmilestones = [2, 4]\n[loss]\nalpha = 2.5\nhq_source = "batch"\n')
+    job = load_config(file=str(toml), sets=["train.epochs=7", "model.stage_blocks=2,2", "train.use_gpu=true"])
+    assert job.train.epochs == 7  # --set wins over the file
+    assert job.train.milestones == (2, 4) and job.loss.alpha == 2.5 and job.loss.hq_source == "batch"
+    assert job.model.stage_blocks == (2, 2) and job.train.use_gpu is True
+    assert job.train.lr == 0.1  # untouched settings keep the paper's value
+    assert JobConfig.from_dict(json.loads(json.dumps(job.to_dict()))) == job  # crosses into Ray and back
+    assert job.flat()["train.epochs"] == 7 and job.flat()["teacher_checkpoint"] == ""
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["train.epoch=5"], "unknown setting train.epoch; known: train.bf16, train.cpus_per_worker, train.epochs"),
+    (["training.epochs=5"], "unknown section 'training'"),
+    (["train.epochs=five"], "train.epochs: expected int, got 'five'"),
+    (["train.use_gpu=maybe"], "train.use_gpu: expected true or false"),
+    (["loss.objective=mse"], "loss.objective must be one of ce, kl, global_msc, pmsc"),
+    (["loss.hq_source=queue"], "loss.hq_source must be one of batch, bank"),
+    (["epochs"], "expected section.key=value"),
+])
+def test_bad_settings_name_the_setting(sets, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        load_config(sets=sets)
+
+
+def test_cli_reports_bad_settings_and_missing_files(tmp_path, capsys):
+    assert main(["train", "teacher", "--data", str(tmp_path), "--set", "train.epochs=five"]) == 2
+    assert "train.epochs: expected int, got 'five'" in capsys.readouterr().err
+    assert main(["train", "teacher", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml does not exist" in capsys.readouterr().err
+    assert main(["train", "teacher", "--data", str(tmp_path / "none")]) == 2
+    assert "none" in capsys.readouterr().err
