@@ -1,0 +1,34 @@
+"""Converters from real skeleton datasets to partkd Parquet shards (DESIGN §1, §4), one module per format.
+
+=============  =======================================================  ==========================================
+format         input                                                    output side (default) and layout
+=============  =======================================================  ==========================================
+``ntu``        folders of NTU RGB+D ``.skeleton`` files                 HQ ``ntu25`` 3D
+=============  =======================================================  ==========================================
+
+Every converter returns a :class:`~partkd.data.convert.common.ConvertReport` (samples written, skipped with
+reasons, per-class counts) and writes through :class:`~partkd.data.shards.DatasetWriter`, so its output passes
+``partkd data validate``. ``write=WriteOptions(...)`` holds what every converter shares (overwrite, shard size,
+progress, skipping unreadable files, and ``pair_with=DIR`` to pair the converted side with the other side of an
+existing dataset by ``sample_id``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from partkd.data.convert.common import ConvertError, ConvertReport, Skipped, WriteOptions
+from partkd.data.convert.ntu import convert_ntu
+
+CONVERTERS: dict[str, Callable[..., ConvertReport]] = {
+    "ntu": convert_ntu,
+}
+
+__all__ = [
+    "CONVERTERS",
+    "ConvertError",
+    "ConvertReport",
+    "Skipped",
+    "WriteOptions",
+    "convert_ntu",
+]
