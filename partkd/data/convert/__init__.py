@@ -4,6 +4,7 @@
 format         input                                                    output side (default) and layout
 =============  =======================================================  ==========================================
 ``ntu``        folders of NTU RGB+D ``.skeleton`` files                 HQ ``ntu25`` 3D
+``penn``       Penn Action ``labels/`` folder                           HQ ``penn13`` 2D, visibility as score
 =============  =======================================================  ==========================================
 
 Every converter returns a :class:`~partkd.data.convert.common.ConvertReport` (samples written, skipped with
@@ -19,9 +20,11 @@ from collections.abc import Callable
 
 from partkd.data.convert.common import ConvertError, ConvertReport, Skipped, WriteOptions
 from partkd.data.convert.ntu import convert_ntu
+from partkd.data.convert.penn import convert_penn
 
 CONVERTERS: dict[str, Callable[..., ConvertReport]] = {
     "ntu": convert_ntu,
+    "penn": convert_penn,
 }
 
 __all__ = [
@@ -31,4 +34,5 @@ __all__ = [
     "Skipped",
     "WriteOptions",
     "convert_ntu",
+    "convert_penn",
 ]
