@@ -5,6 +5,7 @@ format         input                                                    output s
 =============  =======================================================  ==========================================
 ``ntu``        folders of NTU RGB+D ``.skeleton`` files                 HQ ``ntu25`` 3D
 ``penn``       Penn Action ``labels/`` folder                           HQ ``penn13`` 2D, visibility as score
+``kinect-v1``  MSR Action3D or UTKinect-Action3D skeleton text files    HQ ``kinect20`` 3D
 =============  =======================================================  ==========================================
 
 Every converter returns a :class:`~partkd.data.convert.common.ConvertReport` (samples written, skipped with
@@ -19,12 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from partkd.data.convert.common import ConvertError, ConvertReport, Skipped, WriteOptions
+from partkd.data.convert.kinect_v1 import convert_kinect_v1
 from partkd.data.convert.ntu import convert_ntu
 from partkd.data.convert.penn import convert_penn
 
 CONVERTERS: dict[str, Callable[..., ConvertReport]] = {
     "ntu": convert_ntu,
     "penn": convert_penn,
+    "kinect-v1": convert_kinect_v1,
 }
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "ConvertReport",
     "Skipped",
     "WriteOptions",
+    "convert_kinect_v1",
     "convert_ntu",
     "convert_penn",
 ]
