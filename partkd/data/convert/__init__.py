@@ -4,6 +4,7 @@
 format         input                                                    output side (default) and layout
 =============  =======================================================  ==========================================
 ``ntu``        folders of NTU RGB+D ``.skeleton`` files                 HQ ``ntu25`` 3D
+``pyskl``      a PYSKL/MMAction2 pickle (+ a second one to pair)        HQ or LQ, layout from the keypoint shape
 ``penn``       Penn Action ``labels/`` folder                           HQ ``penn13`` 2D, visibility as score
 ``kinect-v1``  MSR Action3D or UTKinect-Action3D skeleton text files    HQ ``kinect20`` 3D
 =============  =======================================================  ==========================================
@@ -23,9 +24,11 @@ from partkd.data.convert.common import ConvertError, ConvertReport, Skipped, Wri
 from partkd.data.convert.kinect_v1 import convert_kinect_v1
 from partkd.data.convert.ntu import convert_ntu
 from partkd.data.convert.penn import convert_penn
+from partkd.data.convert.pyskl import RestrictedUnpickler, UnsafePickleError, convert_pyskl, load_pickle
 
 CONVERTERS: dict[str, Callable[..., ConvertReport]] = {
     "ntu": convert_ntu,
+    "pyskl": convert_pyskl,
     "penn": convert_penn,
     "kinect-v1": convert_kinect_v1,
 }
@@ -34,9 +37,13 @@ __all__ = [
     "CONVERTERS",
     "ConvertError",
     "ConvertReport",
+    "RestrictedUnpickler",
     "Skipped",
+    "UnsafePickleError",
     "WriteOptions",
     "convert_kinect_v1",
     "convert_ntu",
     "convert_penn",
+    "convert_pyskl",
+    "load_pickle",
 ]
