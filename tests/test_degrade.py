@@ -160,3 +160,17 @@ def test_kinect20_degrades_to_coco17_by_default(tmp_path):
                                rtol=1e-5)
     # no neck in Kinect V1: the face's up axis runs from the spine-shoulder joint to the head, straight up here too
     np.testing.assert_allclose(s.lq[0, 0, COCO17.index("left_ear")], pixel([-0.075, 0.5, 3.0]), rtol=1e-5)
+
+
+def test_a_left_right_swap_carries_missing_joints_with_it():
+    from partkd.data.noise import NoiseProfile, apply_noise
+
+    coords = np.random.default_rng(4).uniform(100, 300, size=(1, 3, 13, 2))
+    score = np.ones((1, 3, 13))
+    left, right = PENN13.index("left_wrist"), PENN13.index("right_wrist")
+    coords[0, :, left], score[0, :, left] = 0.0, 0.0  # the left wrist is never seen
+    swap_only = NoiseProfile("swap", swap_prob=1.0)
+    lq, lq_score = apply_noise(coords, score, PENN13, swap_only, np.random.default_rng(0))
+    # every frame swapped: the left label holds the right wrist, the right label the (missing) left wrist
+    np.testing.assert_allclose(lq[0, :, left], coords[0, :, right], rtol=1e-6)
+    assert (lq_score[0, :, left] > 0).all() and not lq_score[0, :, right].any() and not lq[0, :, right].any()
