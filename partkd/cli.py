@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from partkd.cli_data import register as register_data_commands
 from partkd.data.noise import NOISE_PROFILES
 
 
@@ -256,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-shard", type=int, default=1024)
     p.add_argument("--overwrite", action="store_true", help="replace the shards of an existing dataset in --out")
     p.set_defaults(func=cmd_synth)
+    register_data_commands(data)  # convert, degrade, show: partkd/cli_data.py
     p = data.add_parser("info", help="print a dataset's summary")
     p.add_argument("dir")
     p.set_defaults(func=cmd_info)

@@ -7,7 +7,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "partkd"
 RANK = {"layouts": 0, "data": 1, "models": 2, "losses": 3, "part_matrix": 4, "bench": 5, "train": 5,
-        "tracking": 5, "cli": 6}
+        "tracking": 5, "cli": 6, "cli_data": 6}
 # stricter than rank: the models see only layouts (and themselves); the losses are pure tensor functions
 ONLY = {"models": {"layouts", "models"}, "losses": set()}
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)

@@ -89,9 +89,11 @@ def apply_noise(
 
     if profile.swap_prob > 0:
         flip = np.asarray(layout.flip_index)
+        present = present.copy()
         for m in range(persons):
             swapped = _swap_mask(frames, profile.swap_prob, rng)
             out[m, swapped] = out[m, swapped][:, flip]
+            present[m, swapped] = present[m, swapped][:, flip]  # a label swapped onto a missing joint is missing
 
     keep = present & (rng.random((persons, frames, joints)) >= profile.drop_prob)
     keep &= (rng.random((persons, frames, 1)) >= profile.frame_drop_prob)

@@ -71,6 +71,12 @@ _LIMB_SCALE_GROUP = {j: ("arm" if any(k in j for k in ("elbow", "wrist", "hand",
                          "leg" if any(k in j for k in ("knee", "ankle", "foot")) else "trunk") for j in BODY_JOINTS}
 
 
+def rest_bone(joint: str) -> tuple[str | None, tuple[float, float, float]]:
+    """``(parent, offset from the parent)`` of a joint of the synthetic body at rest, in metres along the person's
+    (left, up, forward) axes."""
+    return _BODY[joint]
+
+
 def _rot(axis: int, angle: np.ndarray) -> np.ndarray:
     """Rotation matrices about x (0), y (1) or z (2) for each angle; (T,) -> (T, 3, 3)."""
     c, s = np.cos(angle), np.sin(angle)
@@ -321,7 +327,7 @@ def _to_camera(body: np.ndarray, yaw: float, pitch: float, distance: float, late
     return pts + np.array([lateral, -1.0, distance])
 
 
-def _project(points: np.ndarray) -> np.ndarray:
+def project_pinhole(points: np.ndarray) -> np.ndarray:
     """Pinhole projection of camera points (..., 3) to pixels (..., 2), image y pointing down."""
     z = np.clip(points[..., 2], 0.3, None)
     u = IMAGE_SIZE[0] / 2 + FOCAL_PX * points[..., 0] / z
@@ -373,7 +379,7 @@ def make_sample(index: int, cfg: SynthConfig, noise: NoiseProfile | None = None)
     # the LQ camera: the same view seen from a slightly different, random place (a separate RGB camera)
     lq_view = _to_camera(body, view_yaw + rng.normal(scale=math.radians(12)), rng.normal(scale=math.radians(8)),
                          rng.uniform(2.5, 4.5), rng.uniform(-0.4, 0.4))
-    lq_clean = _project(lq_view[:, :, _LQ_IDX])  # (M, T, 17, 2)
+    lq_clean = project_pinhole(lq_view[:, :, _LQ_IDX])  # (M, T, 17, 2)
     lq, lq_score = apply_noise(lq_clean, np.ones(lq_clean.shape[:3]), get_layout(LQ_LAYOUT), noise, rng)
 
     solitary = rng.random() >= cfg.paired_fraction
