@@ -49,19 +49,20 @@ def format_info(info: dict, path: str | Path) -> str:
         f"complete     {info.get('complete', False)}",
     ]
     if info.get("info"):
-        lines.append("made by      " + ", ".join(f"{k}={v}" for k, v in info["info"].items()))
+        lines.append("made by")
+        lines += [f"  {k:<22} {str(v) if len(str(v)) <= 90 else str(v)[:87] + '...'}" for k, v in info["info"].items()]
     header = f"{'class':<28}{'all':>6}"
     columns = [counts["per_class"]]
     for protocol, parts in info["splits"].items():
         for split in ("train", "test"):
-            header += f"{protocol + '/' + split:>13}"
+            header += f" {protocol + '/' + split:>14}"
             columns.append(parts[split]["per_class"])
     lines += ["", header]
     for k, name in enumerate(info["class_names"]):
-        lines.append(f"{name[:27]:<28}" + f"{columns[0][k]:>6}" + "".join(f"{c[k]:>13}" for c in columns[1:]))
+        lines.append(f"{name[:27]:<28}" + f"{columns[0][k]:>6}" + "".join(f" {c[k]:>14}" for c in columns[1:]))
     totals = f"{'total':<28}{counts['samples']:>6}"
     for parts in info["splits"].values():
-        totals += "".join(f"{parts[s]['samples']:>13}" for s in ("train", "test"))
+        totals += "".join(f" {parts[s]['samples']:>14}" for s in ("train", "test"))
     lines.append(totals)
     return "\n".join(lines)
 
@@ -194,30 +195,36 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench_kd(args) -> int:
-    from partkd.data.shards import load_info
-    from partkd.train.pipeline import preset_synth
     from partkd.train.study import run_kd_study
 
     out = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
     objectives = tuple(o.strip() for o in args.objectives.split(","))
-    datasets = {}
-    for seed in seeds:
-        cfg = preset_synth(args.preset, seed, args.paired_fraction)
-        path = out / f"data-seed{seed}"
-        try:
-            reuse = load_info(path).get("info", {}) == {"generator": "partkd.data.synth", **cfg.__dict__,
-                                                         "simulated_lq": True}
-        except (FileNotFoundError, ValueError):
-            reuse = False
-        if not reuse:
-            print(f"[data] seed {seed}: {cfg.samples} samples, {cfg.paired_fraction:.0%} paired -> {path}", flush=True)
-            synthesize(path, cfg, overwrite=True)
-        datasets[seed] = path
-    run_kd_study(out, datasets, objectives, args.preset, list(args.set or []),
-                 say=lambda line: print(line, flush=True))
+    if args.data:  # one given dataset: the seeds vary training and occlusion masks, not the data
+        datasets = {seed: Path(args.data) for seed in seeds}
+    else:
+        datasets = {seed: _study_dataset(out, args.preset, seed, args.paired_fraction) for seed in seeds}
+    run_kd_study(out, datasets, objectives, args.preset, list(args.set or []), say=lambda line: print(line, flush=True))
     print(f"results: {out / 'results.md'}  (per seed: {out / 'results.csv'})")
     return 0
+
+
+def _study_dataset(out: Path, preset: str, seed: int, paired_fraction: float) -> Path:
+    """The preset's synthetic dataset of ``seed``, generated unless an identical one is already there."""
+    from partkd.data.shards import load_info
+    from partkd.train.pipeline import preset_synth
+
+    cfg = preset_synth(preset, seed, paired_fraction)
+    path = out / f"data-seed{seed}"
+    try:
+        reuse = load_info(path).get("info", {}) == {"generator": "partkd.data.synth", **cfg.__dict__,
+                                                     "simulated_lq": True}
+    except (FileNotFoundError, ValueError):
+        reuse = False
+    if not reuse:
+        print(f"[data] seed {seed}: {cfg.samples} samples, {cfg.paired_fraction:.0%} paired -> {path}", flush=True)
+        synthesize(path, cfg, overwrite=True)
+    return path
 
 
 def cmd_bench_data(args) -> int:
@@ -322,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="1,2,3", help="each seed draws its own dataset, training run and masks")
     p.add_argument("--objectives", default="ce,kl,global_msc,pmsc", help="student objectives (ce = without KD)")
     p.add_argument("--paired-fraction", type=float, default=1.0, help="share of samples with an HQ side")
+    p.add_argument("--data", help="an existing dataset (e.g. converted + degraded) instead of synthetic ones")
     p.add_argument("--preset", choices=("full", "smoke"), default="full")
     p.add_argument("--set", action="append", help="override a setting, e.g. --set loss.alpha=2")
     p.set_defaults(func=cmd_bench_kd)
