@@ -1,8 +1,10 @@
-"""Training-step throughput: a teacher step and a student KD step (``python -m partkd.bench``).
+"""Training-step throughput: a teacher step and student KD steps (``python -m partkd.bench``).
 
 Teacher step: ST-GCN on ``ntu25`` high-quality skeletons, cross-entropy (Eq. 2), SGD. Student KD step: ST-GCN on
 ``coco17`` low-quality skeletons (2D + score), the frozen teacher's forward on the paired high-quality batch, part
-pooling on both sides, ``L_c + alpha L_pmsc`` (Eq. 4), SGD. Figures are samples per second from the median step time.
+pooling on both sides, ``L_c + alpha L_pmsc`` (Eq. 4), SGD.
+``student_kd_bank``: the same with the teacher's part features looked up from a precomputed bank instead of the
+teacher's forward (``loss.hq_source=bank``). Figures are samples per second from the median step time.
 No test asserts them; they are printed for the record.
 """
 
@@ -13,6 +15,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +51,7 @@ class _Setup:
     grouping: str = "paper5"
     num_classes: int = 60
     alpha: float = 1.0
+    bank_negatives: int = 64  # LossConfig's default
 
 
 def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
@@ -87,7 +91,9 @@ def _teacher_step(shape: BenchShape, setup: _Setup, autocast_dtype, device: torc
     return step
 
 
-def _student_step(shape: BenchShape, setup: _Setup, autocast_dtype, device: torch.device):
+def _student_step(shape: BenchShape, setup: _Setup, autocast_dtype, device: torch.device, hq_source: str = "batch"):
+    """``batch``: the frozen teacher's forward on the paired HQ batch every step (the paper). ``bank``: the teacher's
+    part features looked up from a bank computed once (the batch's pairs plus ``bank_negatives`` random entries)."""
     teacher = create_model("stgcn", layout=setup.teacher_layout, num_classes=setup.num_classes, **shape.model)
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = create_model("stgcn", layout=setup.student_layout, num_classes=setup.num_classes, **shape.model)
@@ -99,14 +105,23 @@ def _student_step(shape: BenchShape, setup: _Setup, autocast_dtype, device: torc
     labels = torch.randint(setup.num_classes, (n,), device=device)
     pair_index = torch.arange(n, device=device)  # every sample paired with its own HQ skeleton
     part_matrix = torch.softmax(torch.randn(setup.num_classes, 5, device=device), dim=1)  # (K, P)
+    with torch.no_grad():
+        bank = part_pool(teacher(x_hq).features, setup.grouping, teacher.layout).float()  # (N, P, C) stands for all
+    bank_labels = labels
+
+    def teacher_side():
+        if hq_source == "bank":
+            rows = torch.cat([pair_index, torch.randint(len(bank), (setup.bank_negatives,), device=device)])
+            return bank[rows], bank_labels[rows]
+        with torch.no_grad():
+            return part_pool(teacher(x_hq).features, setup.grouping, teacher.layout), labels  # (N, P, C)
 
     def step():
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            with torch.no_grad():
-                teacher_parts = part_pool(teacher(x_hq).features, setup.grouping, teacher.layout)  # (N, P, C)
+            teacher_parts, teacher_labels = teacher_side()
             logits, features = student(x_lq)
             student_parts = part_pool(features, setup.grouping, student.layout)  # (N, P, C)
-        loss_pmsc = pmsc_loss(student_parts, teacher_parts, labels, labels, pair_index, part_matrix)
+        loss_pmsc = pmsc_loss(student_parts, teacher_parts, labels, teacher_labels, pair_index, part_matrix)
         loss = F.cross_entropy(logits.float(), labels) + setup.alpha * loss_pmsc
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -134,7 +149,8 @@ def run_train_bench(
     for shape_name in shapes:
         shape = SHAPES[shape_name]
         for dtype_name in dtypes:
-            for kind, build in (("teacher", _teacher_step), ("student_kd", _student_step)):
+            for kind, build in (("teacher", _teacher_step), ("student_kd", _student_step),
+                                ("student_kd_bank", partial(_student_step, hq_source="bank"))):
                 torch.manual_seed(0)
                 times = _time_steps(build(shape, setup, DTYPES[dtype_name], device), steps, warmup, device)
                 median = statistics.median(times)
@@ -148,12 +164,12 @@ def run_train_bench(
 
 
 def format_rows(rows: list[dict]) -> str:
-    header = f"{'step':<11} {'shape':<5} {'N':>3} {'T':>4} {'M':>2} {'dtype':<5} {'device':<7} {'ms/step':>9} "
+    header = f"{'step':<15} {'shape':<5} {'N':>3} {'T':>4} {'M':>2} {'dtype':<5} {'device':<7} {'ms/step':>9} "
     header += f"{'(min-max)':>17} {'samples/s':>10}"
     lines = [header]
     for r in rows:
         lines.append(
-            f"{r['step']:<11} {r['shape']:<5} {r['batch']:>3} {r['frames']:>4} {r['persons']:>2} {r['dtype']:<5} "
+            f"{r['step']:<15} {r['shape']:<5} {r['batch']:>3} {r['frames']:>4} {r['persons']:>2} {r['dtype']:<5} "
             f"{r['device']:<7} {r['step_ms']:>9.1f} {r['step_ms_min']:>8.1f}-{r['step_ms_max']:<8.1f} "
             f"{r['samples_per_s']:>10.1f}"
         )

@@ -50,3 +50,21 @@ def test_cli_reports_bad_settings_and_missing_files(tmp_path, capsys):
     assert "nope.toml does not exist" in capsys.readouterr().err
     assert main(["train", "teacher", "--data", str(tmp_path / "none")]) == 2
     assert "none" in capsys.readouterr().err
+
+
+def test_study_summary_is_mean_and_sample_std_over_seeds_with_paired_gains():
+    from partkd.train.study import summarise
+
+    def row(key, model, op, seed, top1, top5):
+        return {"key": key, "model": model, "skeleton": "LQ coco17", "op": op, "seed": seed, "top1": top1, "top5": top5}
+
+    ce, kd = ("student_ce", "Student (w/o KD)"), ("student_pmsc", "Student (w/ KD)")
+    rows = [row(*ce, 0.3, 1, 0.50, 0.90), row(*kd, 0.3, 1, 0.56, 0.91),
+            row(*ce, 0.3, 2, 0.60, 0.80), row(*kd, 0.3, 2, 0.62, 0.85)]
+    markdown, csv = summarise(rows)
+    lines = markdown.splitlines()
+    # w/o KD: mean 55.00, sample std of (50, 60) = 7.07; w/ KD: 59.00 ± 4.24; gains 6 and 2 points: 4.00 ± 2.83
+    assert lines[2] == "| Student (w/o KD) | LQ coco17 | 0.3 | 55.00 ± 7.07 | 85.00 ± 7.07 |  |"
+    assert lines[3] == "| Student (w/ KD) | LQ coco17 | 0.3 | 59.00 ± 4.24 | 88.00 ± 4.24 | 4.00 ± 2.83 |"
+    assert "over 2 seeds: 1, 2" in markdown
+    assert csv.splitlines()[1] == "1,Student (w/o KD),LQ coco17,0.3,0.500000,0.900000"

@@ -275,6 +275,6 @@ def test_bench_smoke():
     from partkd.bench import run_train_bench
 
     rows = run_train_bench(shapes=("tiny",), dtypes=("fp32",), steps=2, warmup=1, device="cpu")
-    assert {r["step"] for r in rows} == {"teacher", "student_kd"}
+    assert {r["step"] for r in rows} == {"teacher", "student_kd", "student_kd_bank"}
     assert all(r["samples_per_s"] > 0 for r in rows)
 
