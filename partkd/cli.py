@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from partkd.cli_data import register as register_data_commands
 from partkd.data.noise import NOISE_PROFILES
+
+if TYPE_CHECKING:
+    from partkd.train.config import JobConfig
 
 
 def _progress(label: str, done: int, total: int, start: float) -> None:
@@ -105,7 +110,7 @@ def cmd_validate(args) -> int:
     return 0 if report.ok else 1
 
 
-def _job_from_args(args, extra_sets: list[str] = ()) -> JobConfig:  # noqa: F821
+def _job_from_args(args, extra_sets: list[str] = ()) -> JobConfig:
     from partkd.train.config import load_config
 
     sets = list(extra_sets)
@@ -139,11 +144,27 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _data_defaults(args, checkpoint: str) -> dict:
+    """--data/--protocol/--frames/--persons/--seed as given, else as the checkpoint was trained (else the paper's)."""
+    from partkd.train.common import load_meta
+
+    trained = load_meta(checkpoint).get("data", {})
+    paper = {"path": None, "protocol": "xsub", "frames": 300, "persons": 2, "seed": 0, "occlusion_unit": "joint-frame"}
+    out = {k: trained.get(k, v) for k, v in paper.items()}
+    out.update({k: getattr(args, k) for k in ("protocol", "frames", "persons", "seed")
+                if getattr(args, k, None) is not None})
+    out["path"] = args.data or out["path"]
+    if not out["path"]:
+        raise ValueError(f"{checkpoint} does not say which dataset it was trained on: give --data")
+    return out
+
+
 def cmd_part_matrix(args) -> int:
     from partkd.train.evaluate import part_matrix_for_teacher
 
-    path = part_matrix_for_teacher(args.teacher, args.data, args.protocol, args.grouping, frames=args.frames,
-                                   persons=args.persons, temperature=args.temperature, overwrite=args.overwrite)
+    d = _data_defaults(args, args.teacher)
+    path = part_matrix_for_teacher(args.teacher, d["path"], d["protocol"], args.grouping, frames=d["frames"],
+                                   persons=d["persons"], temperature=args.temperature, overwrite=args.overwrite)
     print(f"E: {path}  heatmap: {path.with_suffix('.png')}")
     return 0
 
@@ -153,8 +174,12 @@ def cmd_evaluate(args) -> int:
     from partkd.train.evaluate import evaluate_checkpoint, plot_confusion
 
     probs = tuple(float(p) for p in args.ops.split(","))
-    results = evaluate_checkpoint(args.checkpoint, args.data, args.protocol, probs, frames=args.frames,
-                                  persons=args.persons, seed=args.seed)
+    d = _data_defaults(args, args.checkpoint)
+    print(f"{args.checkpoint} on {d['path']}: {d['protocol']} test split, T={d['frames']}, M={d['persons']}, "
+          f"occlusion masks of seed {d['seed']}")
+    results = evaluate_checkpoint(args.checkpoint, d["path"], d["protocol"], probs, frames=d["frames"],
+                                  persons=d["persons"], seed=d["seed"], occlusion_unit=d["occlusion_unit"],
+                                  device=args.device)
     meta = load_meta(args.checkpoint)
     print(f"{'OP':>4} {'top-1':>8} {'top-5':>8} {'samples':>8}")
     for ev in results:
@@ -185,6 +210,9 @@ def cmd_demo(args) -> int:
     if not report.ok:
         return 1
     name = f"demo-seed{args.seed}" + ("-smoke" if args.smoke_test else "")
+    shutil.rmtree(out / "ray" / name, ignore_errors=True)  # a demo starts over: its models are replaced with its data
+    for stale in (out / "ray").glob(f"{name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     job = preset_job(preset, out / "data", out / "ray", args.seed, name, list(args.set or []))
     result = run_pipeline(job, say=lambda line: print(line, flush=True))
     print("\n" + result.markdown)
@@ -201,9 +229,13 @@ def cmd_bench_kd(args) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     objectives = tuple(o.strip() for o in args.objectives.split(","))
     if args.data:  # one given dataset: the seeds vary training and occlusion masks, not the data
+        if args.paired_fraction is not None:
+            raise ValueError("--paired-fraction makes synthetic datasets; with --data, degrade the dataset instead "
+                             "(partkd data degrade --paired-fraction)")
         datasets = {seed: Path(args.data) for seed in seeds}
     else:
-        datasets = {seed: _study_dataset(out, args.preset, seed, args.paired_fraction) for seed in seeds}
+        paired = 1.0 if args.paired_fraction is None else args.paired_fraction
+        datasets = {seed: _study_dataset(out, args.preset, seed, paired) for seed in seeds}
     run_kd_study(out, datasets, objectives, args.preset, list(args.set or []), say=lambda line: print(line, flush=True))
     print(f"results: {out / 'results.md'}  (per seed: {out / 'results.csv'})")
     return 0
@@ -242,6 +274,14 @@ def cmd_bench_train(args) -> int:
 
     train_bench(args.extra)
     return 0
+
+
+def _data_options(p) -> None:
+    p.add_argument("--data", help="dataset directory (default: the one the checkpoint was trained on)")
+    p.add_argument("--protocol", help="split protocol (default: the checkpoint's)")
+    p.add_argument("--frames", type=int, help="T (default: the checkpoint's)")
+    p.add_argument("--persons", type=int, help="M (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, help="occlusion masks, the same for every model (default: the checkpoint's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,23 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("part-matrix", help="E from a teacher's part-occlusion tests on the HQ training split")
     p.add_argument("--teacher", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--protocol", default="xsub")
+    _data_options(p)
     p.add_argument("--grouping", default="paper5")
-    p.add_argument("--frames", type=int, default=300)
-    p.add_argument("--persons", type=int, default=2)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--overwrite", action="store_true", help="recompute even if cached beside the checkpoint")
     p.set_defaults(func=cmd_part_matrix)
 
     p = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion on the test split at OPs")
     p.add_argument("checkpoint")
-    p.add_argument("--data", required=True)
-    p.add_argument("--protocol", default="xsub")
+    _data_options(p)
     p.add_argument("--ops", default="0,0.3,0.6", help="occlusion probabilities")
-    p.add_argument("--frames", type=int, default=300)
-    p.add_argument("--persons", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0, help="occlusion masks (the same for every model)")
+    p.add_argument("--device", default="cpu", help="e.g. cuda")
     p.add_argument("--confusion", help="write the OP-0 confusion matrix PNG here")
     p.set_defaults(func=cmd_evaluate)
 
@@ -328,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/bench-kd", help="working directory (datasets, checkpoints, results)")
     p.add_argument("--seeds", default="1,2,3", help="each seed draws its own dataset, training run and masks")
     p.add_argument("--objectives", default="ce,kl,global_msc,pmsc", help="student objectives (ce = without KD)")
-    p.add_argument("--paired-fraction", type=float, default=1.0, help="share of samples with an HQ side")
+    p.add_argument("--paired-fraction", type=float, help="share of synthetic samples with an HQ side (default 1)")
     p.add_argument("--data", help="an existing dataset (e.g. converted + degraded) instead of synthetic ones")
     p.add_argument("--preset", choices=("full", "smoke"), default="full")
     p.add_argument("--set", action="append", help="override a setting, e.g. --set loss.alpha=2")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
 
 def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
     client = MlflowClient(tracking_uri=uri)
-    items = [mlflow.entities.Metric(k, float(v), 0, step) for k, v in metrics.items()]
+    now = int(time.time() * 1000)
+    items = [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
     client.log_batch(run_id, metrics=items)
 
 
@@ -79,12 +81,6 @@ def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | 
         client.log_artifacts(run_id, str(path), artifact_path)
     else:
         client.log_artifact(run_id, str(path), artifact_path)
-
-
-def set_tags(uri: str, run_id: str, tags: dict) -> None:
-    client = MlflowClient(tracking_uri=uri)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, str(value))
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

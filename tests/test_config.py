@@ -37,10 +37,21 @@ def test_file_then_sets_override_in_order(tmp_path):
     (["loss.objective=mse"], "loss.objective must be one of ce, kl, global_msc, pmsc"),
     (["loss.hq_source=queue"], "loss.hq_source must be one of batch, bank"),
     (["epochs"], "expected section.key=value"),
+    (["train.milestones=30"], None),  # a single milestone from --set is a one-item list
 ])
 def test_bad_settings_name_the_setting(sets, message):
+    if message is None:
+        assert load_config(sets=sets).train.milestones == (30,)
+        return
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         load_config(sets=sets)
+
+
+def test_a_scalar_where_a_list_belongs_is_refused_by_name(tmp_path):
+    toml = tmp_path / "job.toml"
+    toml.write_text("[train]\nmilestones = 30\n")
+    with pytest.raises(ValueError, match="train.milestones: expected a list, got 30"):
+        load_config(file=str(toml))
 
 
 def test_cli_reports_bad_settings_and_missing_files(tmp_path, capsys):
@@ -49,7 +60,8 @@ def test_cli_reports_bad_settings_and_missing_files(tmp_path, capsys):
     assert main(["train", "teacher", "--config", str(tmp_path / "nope.toml")]) == 2
     assert "nope.toml does not exist" in capsys.readouterr().err
     assert main(["train", "teacher", "--data", str(tmp_path / "none")]) == 2
-    assert "none" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(tmp_path / "none") in err and "dataset.json" in err
 
 
 def test_study_summary_is_mean_and_sample_std_over_seeds_with_paired_gains():

@@ -113,6 +113,7 @@ def test_student_run_is_tied_to_its_teacher(root, teacher, student, part_matrix)
 def test_worker_failure_resumes_and_ends_like_an_uninterrupted_run(root, teacher):
     job = job_for(root, "teacher-killed", "train.fail_at_epoch=0", "train.max_failures=1")
     resumed = train_teacher(job, say=lambda line: None)
+    assert (root / "ray" / "teacher-killed" / "injected_failure").read_text() == "epoch 0\n"  # it did fail
     for key in ("loss/ce", "train/top1", "val/top1"):
         assert resumed.metrics[key] == teacher.metrics[key], key
     assert same_weights(resumed.checkpoint, teacher.checkpoint)
@@ -126,6 +127,59 @@ def test_stopped_job_started_again_resumes_at_the_next_epoch(root, teacher):
     for key in ("loss/ce", "train/top1", "val/top1"):
         assert again.metrics[key] == teacher.metrics[key], key
     assert same_weights(again.checkpoint, teacher.checkpoint)
+
+
+def test_a_run_name_is_not_resumed_with_other_settings(root, teacher):
+    with pytest.raises(ValueError, match=r"other settings \(train.lr: 0.05 -> 0.1\); give this job another"):
+        train_teacher(job_for(root, "teacher", "train.lr=0.1"), say=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def bank_student(root, teacher, part_matrix):
+    job = job_for(root, "student-bank", f"teacher_checkpoint={teacher.checkpoint}", f"part_matrix={part_matrix}",
+                  "loss.hq_source=bank", "loss.bank_negatives=8")
+    return train_student(job, say=lambda line: None)
+
+
+def test_bank_mode_student_on_two_workers_resumes_like_an_uninterrupted_run(root, teacher, part_matrix,
+                                                                            bank_student):
+    sets = (f"teacher_checkpoint={teacher.checkpoint}", f"part_matrix={part_matrix}", "loss.hq_source=bank",
+            "loss.bank_negatives=8")
+    first = train_student(job_for(root, "student-bank-stopped", *sets, "train.epochs=1"), say=lambda line: None)
+    again = train_student(job_for(root, "student-bank-stopped", *sets), say=lambda line: None)
+    assert [s for s, _ in history(root, first.run_id, "loss/pmsc")] == [0]
+    assert [s for s, _ in history(root, again.run_id, "loss/pmsc")] == [1]
+    for key in ("loss/ce", "loss/pmsc", "train/top1", "val/top1"):
+        assert again.metrics[key] == bank_student.metrics[key], key
+    assert same_weights(again.checkpoint, bank_student.checkpoint)
+    logged = {a.path for a in client(root).list_artifacts(bank_student.run_id, "part_matrix")}
+    assert f"part_matrix/{part_matrix.name}" in logged  # E beside the student it shaped
+
+
+def test_evaluation_uses_the_same_masks_for_every_pass_and_counts_right(root, student):
+    from partkd.train.evaluate import evaluate_checkpoint
+
+    first = evaluate_checkpoint(student.checkpoint, str(root / "data"), "xsub", (0.0, 0.6), frames=16, persons=1)
+    second = evaluate_checkpoint(student.checkpoint, str(root / "data"), "xsub", (0.0, 0.6), frames=16, persons=1)
+    for a, b in zip(first, second):
+        assert np.array_equal(a.confusion, b.confusion) and a.top5 == b.top5
+    for ev in first:
+        assert ev.confusion.sum() == ev.samples > 0
+        assert ev.top1 == pytest.approx(np.trace(ev.confusion) / ev.samples)
+        assert ev.top1 <= ev.top5 <= 1.0
+        rows = ev.confusion.sum(1)
+        assert np.allclose(ev.per_class[rows > 0], np.diag(ev.confusion)[rows > 0] / rows[rows > 0])
+    assert first[0].samples == first[1].samples  # occlusion hides joints, not samples
+
+
+def test_frozen_teacher_and_part_matrix_cache_by_temperature(root, teacher, part_matrix):
+    from partkd.train.common import load_frozen_teacher
+
+    model, _ = load_frozen_teacher(teacher.checkpoint, torch.device("cpu"))
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    other = part_matrix_for_teacher(teacher.checkpoint, str(root / "data"), "xsub", "paper5", frames=16, persons=1,
+                                    temperature=0.5)
+    assert other != part_matrix and other.exists() and part_matrix.exists()  # a cached E of T=1 is not returned
 
 
 def test_truncated_shard_fails_fast_naming_the_shard(root):
@@ -190,3 +244,17 @@ def test_bank_and_batch_give_the_same_loss_when_the_bank_holds_the_batch():
     assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
     # and the bank's lookup is the right one: each paired row sees its own HQ features
     assert torch.equal(by_bank.feats[by_bank.pair_index[has_hq]], teacher_parts)
+
+
+def test_bank_negatives_never_repeat_a_pair_and_unknown_keys_are_refused():
+    keys = torch.arange(10) * 7 - 20
+    bank = FeatureBank.from_rows(keys, torch.arange(10.0)[:, None], torch.arange(10) % 3)
+    batch_keys, has_hq = keys[[3, 5, 8]], torch.tensor([True, True, False])
+    side = bank.hq_set(batch_keys, has_hq, negatives=200, generator=torch.Generator().manual_seed(1))
+    paired = side.feats[side.pair_index[has_hq]].squeeze(1)
+    assert paired.tolist() == [3.0, 5.0]
+    extra = side.feats[2:].squeeze(1)
+    assert len(extra) == 200 and not set(extra.tolist()) & {3.0, 5.0}  # the batch's own pairs are not drawn again
+    assert set(extra.tolist()) == set(range(10)) - {3, 5}  # every other entry can be
+    with pytest.raises(RuntimeError, match="not in the bank"):
+        bank.hq_set(torch.tensor([999]), torch.tensor([True]), negatives=0, generator=torch.Generator())

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from partkd.layouts import Layout, get_layout
+from partkd.layouts import Layout
 from partkd.losses import ProjectionHead
 from partkd.models import create_model
 from partkd.train.config import ModelConfig, TrainConfig
@@ -119,7 +119,3 @@ def all_reduce_sum(values: Tensor) -> Tensor:
         values = values.clone()
         dist.all_reduce(values)
     return values
-
-
-def layout_of(meta: dict) -> Layout:
-    return get_layout(meta["layout"])

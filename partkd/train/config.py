@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,9 +117,9 @@ def _coerce(tp, value, where: str):
         inner = typing.get_args(tp)[0]
         if isinstance(value, str):
             value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
         return tuple(_coerce(inner, v, where) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        return value
     if tp is bool:
         if isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):

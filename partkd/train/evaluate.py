@@ -97,8 +97,11 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
 def part_matrix_for_teacher(teacher_checkpoint: str | Path, data_path: str, protocol: str, grouping: str,
                             frames: int = 300, persons: int = 2, batch_size: int = 32, temperature: float = 1.0,
                             device: str = "cpu", overwrite: bool = False) -> Path:
-    """E for (teacher, grouping) from the HQ training samples, cached beside the checkpoint as .npy + heatmap PNG."""
-    target = Path(teacher_checkpoint) / f"part_matrix_{grouping}.npy"
+    """E for (teacher, grouping) from the HQ training samples, cached beside the checkpoint as .npy + heatmap PNG.
+
+    The cache file names every input that changes E: grouping, temperature, protocol, frames and persons.
+    """
+    target = Path(teacher_checkpoint) / f"part_matrix_{grouping}_t{temperature:g}_{protocol}_T{frames}_M{persons}.npy"
     if target.exists() and not overwrite:
         return target
     teacher, meta = load_frozen_teacher(teacher_checkpoint, torch.device(device))

@@ -3,7 +3,8 @@
 ``train_teacher`` and ``train_student`` each run one Ray Train job (DDP over ``train.num_workers`` workers) from the
 shards: ``read_shards`` (split filter pushed down) -> ``map_batches(SideTransform)`` -> ``get_dataset_shard`` ->
 ``iter_torch_batches`` in the loops. The run named ``train.name`` under ``train.storage_path`` keeps every epoch's
-checkpoint; starting the same job again resumes it. The final checkpoint is copied to ``<storage>/<name>/final``.
+checkpoint (the last two are kept); starting the same job again resumes it, and a job of the same name with other
+settings is refused. The final checkpoint is copied to ``<storage>/<name>/final``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from partkd.data.raydata import SideTransform, read_shards
 from partkd.data.shards import load_info
 from partkd.data.splits import split_ray_filter
 from partkd.data.transforms import TransformConfig
-from partkd.train.common import load_meta, model_meta
+from partkd.train.common import build_model, load_meta, model_meta
 from partkd.train.config import JobConfig
-from partkd.train.loops import student_loop, teacher_loop
+from partkd.train.loops import FEATURE_OBJECTIVES, student_loop, teacher_loop
 
 
 @dataclass
@@ -108,6 +109,33 @@ def _fit(loop, job: JobConfig, meta: dict, datasets: dict) -> ray.train.Result:
     return trainer.fit()
 
 
+# Settings a resumed job may change: how long it runs, how it is run and tracked; anything else changes the model.
+RESUMABLE_CHANGES = ("train.epochs", "train.num_workers", "train.use_gpu", "train.cpus_per_worker",
+                     "train.max_failures", "train.fail_at_epoch", "train.storage_path", "tracking_uri", "mlflow_run_id",
+                     "parent_run_id")
+
+
+def _data_meta(job: JobConfig) -> dict:
+    """How the model saw its data, so evaluation and E default to the same."""
+    return {"path": job.data.path, "protocol": job.data.protocol, "frames": job.data.frames,
+            "persons": job.data.persons, "occlusion_unit": job.data.occlusion_unit, "seed": job.data.seed}
+
+
+def _check_resumable(job: JobConfig, name: str) -> None:
+    """Refuse to resume run ``name`` from checkpoints made with other settings (Ray Train resumes by name)."""
+    saved = sorted((Path(job.train.storage_path) / name).glob("checkpoint_*/meta.json"))
+    if not saved:
+        return
+    before = json.loads(saved[-1].read_text()).get("job", {})
+    now = json.loads(json.dumps(job.flat()))  # as saved: tuples become lists
+    changed = [k for k in sorted(set(before) | set(now)) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)]
+    if changed:
+        details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+        raise ValueError(f"{Path(job.train.storage_path) / name} holds checkpoints of run {name!r} made with other "
+                         f"settings ({details}); give this job another train.name (or delete that folder to start "
+                         f"over)")
+
+
 def _absolute(path: str) -> str:
     return str(Path(path).resolve()) if path else path
 
@@ -123,8 +151,11 @@ def _run(kind: str, loop, job: JobConfig, meta: dict, datasets: dict, info: dict
          say: Callable[[str], None]) -> JobResult:
     """Fit inside an MLflow run: params and tags up front, per-epoch metrics from rank 0, checkpoint at the end."""
     uri = job.tracking_uri or tracking.tracking_uri()
-    name = job.train.name or f"{kind}-{info['name']}-seed{job.train.seed}"
+    role = kind if kind == "teacher" else f"student-{job.loss.objective}"
+    name = job.train.name or f"{role}-{info['name']}-seed{job.train.seed}"
     job = replace(job, tracking_uri=uri, train=replace(job.train, name=name))
+    _check_resumable(job, name)
+    meta = {**meta, "job": job.flat()}
     run_id = tracking.start_run(uri, experiment=f"partkd/{info['name']}", run_name=name, params=job.flat(),
                                 tags={"kind": kind, "dataset_fingerprint": info["fingerprint"], **tags},
                                 parent_run_id=job.parent_run_id or None)
@@ -132,8 +163,8 @@ def _run(kind: str, loop, job: JobConfig, meta: dict, datasets: dict, info: dict
     try:
         with tracking.EpochProgress(uri, run_id, name, job.train.epochs, say=say):
             result = _fit(loop, job, meta, datasets)
-    except Exception as err:
-        tracking.end_run(uri, run_id, "FAILED")
+    except BaseException as err:
+        tracking.end_run(uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         bad_data = worker_data_error(err)
         if bad_data:
             raise JobDataError(f"job {name} stopped on bad data: {bad_data}") from err
@@ -157,7 +188,8 @@ def train_teacher(job: JobConfig, say: Callable[[str], None] = print) -> JobResu
     if not info.get("hq_layout"):
         raise ValueError(f"{job.data.path}: the dataset has no HQ side to train a teacher on")
     _ensure_ray()
-    meta = {**model_meta(job.model, info["hq_layout"], info["num_classes"], info["class_names"]), "side": "hq"}
+    meta = {**model_meta(job.model, info["hq_layout"], info["num_classes"], info["class_names"]), "side": "hq",
+            "data": _data_meta(job)}
     datasets = job_datasets(job, {"hq": info["hq_layout"]}, require="hq")
     return _run("teacher", teacher_loop, job, meta, datasets, info, {}, say)
 
@@ -170,13 +202,15 @@ def train_student(job: JobConfig, say: Callable[[str], None] = print) -> JobResu
         raise ValueError(f"{job.data.path}: the dataset has no LQ side to train a student on")
     kd = job.loss.objective != "ce"
     tags = {}
-    meta = {**model_meta(job.model, info["lq_layout"], info["num_classes"], info["class_names"]), "side": "lq"}
+    meta = {**model_meta(job.model, info["lq_layout"], info["num_classes"], info["class_names"]), "side": "lq",
+            "data": _data_meta(job)}
     layouts = {"lq": info["lq_layout"]}
     if kd:
         if not job.teacher_checkpoint:
             raise ValueError(f"loss.objective={job.loss.objective} needs teacher_checkpoint")
         teacher = load_meta(job.teacher_checkpoint)
-        meta["teacher_channels"] = teacher["base_channels"] * 2 ** (len(teacher["stage_blocks"]) - 1)
+        if job.loss.objective in FEATURE_OBJECTIVES:  # compared in the teacher's width, through a projection head
+            meta["teacher_channels"] = build_model(teacher).out_channels
         tags["teacher_run_id"] = teacher.get("mlflow_run_id", "")
         if teacher["layout"] != info["hq_layout"]:
             raise ValueError(f"teacher layout {teacher['layout']} is not the dataset's HQ layout {info['hq_layout']}")
@@ -185,4 +219,9 @@ def train_student(job: JobConfig, say: Callable[[str], None] = print) -> JobResu
             raise ValueError("loss.objective=pmsc needs part_matrix (see `partkd part-matrix`)")
     _ensure_ray()
     datasets = job_datasets(job, layouts, require="lq")
-    return _run("student", student_loop, job, meta, datasets, info, tags, say)
+    result = _run("student", student_loop, job, meta, datasets, info, tags, say)
+    if job.loss.objective == "pmsc":  # E beside the student it shaped
+        for file in (Path(job.part_matrix), Path(job.part_matrix).with_suffix(".png")):
+            if file.exists():
+                tracking.log_artifacts(job.tracking_uri or tracking.tracking_uri(), result.run_id, file, "part_matrix")
+    return result

@@ -37,6 +37,7 @@ from partkd.train.common import (
 from partkd.train.config import JobConfig
 
 KD_TERM = {"kl": "loss/kl", "global_msc": "loss/global_msc", "pmsc": "loss/pmsc"}
+FEATURE_OBJECTIVES = ("global_msc", "pmsc")  # compare features, through the student's projection head
 
 
 @dataclass
@@ -90,7 +91,11 @@ def _report(wc: WorkerContext, epoch: int, metrics: dict, model, optimizer, sche
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report({**metrics, "epoch": epoch}, checkpoint=checkpoint)
     if epoch == wc.job.train.fail_at_epoch and wc.rank == wc.world - 1:
-        raise RuntimeError(f"fail_at_epoch={epoch}: injected worker failure (testing fault tolerance)")
+        marker = Path(wc.job.train.storage_path) / wc.job.train.name / "injected_failure"
+        if not marker.exists():  # once: the restarted worker group goes on
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"epoch {epoch}\n")
+            raise RuntimeError(f"fail_at_epoch={epoch}: injected worker failure (testing fault tolerance)")
 
 
 @torch.no_grad()
@@ -100,9 +105,7 @@ def _evaluate(wc: WorkerContext, model: nn.Module, side: str, epoch: int) -> flo
     model.eval()
     counts = torch.zeros(2, device=wc.device)  # correct, total
     for batch in _batches(wc, "val", epoch, shuffle=False):
-        keep = batch[f"has_{side}"]
-        if not keep.any():
-            continue
+        keep = batch[f"has_{side}"]  # always true: the split was read with the side required
         with torch.autocast(wc.device.type, dtype=torch.bfloat16, enabled=wc.autocast):
             logits = model(model_input(batch[f"{side}_x"][keep], batch[f"{side}_score"][keep], layout)).logits
         counts += torch.stack([(logits.argmax(1) == batch["label"][keep]).sum(), keep.sum()]).float()
@@ -139,7 +142,8 @@ def teacher_loop(config: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(), torch.tensor(len(y))]).float()
+            n = torch.tensor(float(len(y)), device=wc.device)
+            sums += torch.stack([loss.detach() * n, (logits.argmax(1) == y).sum().float(), n])
         sums = all_reduce_sum(sums)
         metrics = {"loss/ce": (sums[0] / sums[2]).item(), "loss/total": (sums[0] / sums[2]).item(),
                    "train/top1": (sums[1] / sums[2]).item(), "lr": scheduler.get_last_lr()[0],
@@ -215,9 +219,20 @@ class FeatureBank:
         return cls(keys[order], feats[order], labels[order])
 
     def hq_set(self, keys: Tensor, has_hq: Tensor, negatives: int, generator: torch.Generator) -> TeacherSide:
-        """The batch's own HQ entries (pairs) plus ``negatives`` entries drawn from the whole bank."""
-        rows = torch.searchsorted(self.keys, keys[has_hq])  # (B_hq,)
-        extra = torch.randint(len(self.keys), (negatives,), generator=generator).to(rows.device)
+        """The batch's own HQ entries (pairs) plus ``negatives`` other entries drawn from the whole bank.
+
+        The extra entries never repeat a batch row's own pair (a copy of the pair would count as a positive).
+        """
+        wanted = keys[has_hq]
+        rows = torch.searchsorted(self.keys, wanted).clamp(max=len(self.keys) - 1)  # (B_hq,)
+        missing = self.keys[rows] != wanted
+        if missing.any():
+            raise RuntimeError(f"bank mode: {int(missing.sum())} paired sample(s) of the batch are not in the bank "
+                               f"(first key {int(wanted[missing][0])}); the bank is built from the training split")
+        others = torch.ones(len(self.keys))
+        others[rows.cpu()] = 0
+        extra = (torch.multinomial(others, negatives, replacement=True, generator=generator) if others.any()
+                 else torch.zeros(0, dtype=torch.long)).to(rows.device)
         chosen = torch.cat([rows, extra])  # (B_hq + negatives,)
         pair_index = torch.full_like(keys, -1)
         pair_index[has_hq] = torch.arange(len(rows), device=keys.device)
@@ -278,7 +293,7 @@ def student_loop(config: dict) -> None:
     bank = build_bank(wc, teacher, teacher_layout, grouping) if kd and loss_cfg.hq_source == "bank" else None
 
     model, optimizer, scheduler, start = _setup(wc)
-    projection = unwrap(model).projection if kd else None
+    projection = unwrap(model).projection if loss_cfg.objective in FEATURE_OBJECTIVES else None
     for epoch in range(start, wc.job.train.epochs):
         generator = torch.Generator().manual_seed(_seed_epoch(wc, epoch))
         model.train()
