@@ -3,6 +3,8 @@ real sample annotation parses."""
 
 import os
 import pickle
+import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -146,11 +148,63 @@ def test_hostile_pickles_are_refused(tmp_path, monkeypatch, payload, refused):
 @pytest.mark.parametrize("protocol", [0, 2, 4, 5])
 def test_numpy_arrays_and_containers_load_in_every_protocol(tmp_path, protocol):
     obj = {"split": {"train": ["a"]}, "annotations": [annotation("a", 0, 1, 2)], "s": {1, 2}, "f": frozenset("x"),
-           "t": (1.5, b"\x00\xff"), "n": np.float32(2.5), "o": np.array(["p", "q"], dtype=object)}
+           "t": (1.5, b"\x00\xff"), "n": np.float32(2.5), "u": np.array(["p", "q"]), "b": bytearray(b"\x00\xfe"),
+           "e": bytearray()}
     back = load_pickle(dump(tmp_path / "ok.pkl", obj, protocol))
     np.testing.assert_array_equal(back["annotations"][0]["keypoint"], obj["annotations"][0]["keypoint"])
     assert back["s"] == {1, 2} and back["t"] == (1.5, b"\x00\xff") and back["n"] == np.float32(2.5)
-    assert back["o"].tolist() == ["p", "q"]
+    assert back["u"].tolist() == ["p", "q"] and back["b"] == bytearray(b"\x00\xfe") and back["e"] == bytearray()
+
+
+def _global(module, name):
+    return f"c{module}\n{name}\n".encode()
+
+
+def _int(value):
+    return b"J" + struct.pack("<i", value)
+
+
+_RECONSTRUCT = _global("numpy.core.multiarray", "_reconstruct")
+_NDARRAY = _global("numpy", "ndarray")
+_BYTEARRAY = _global("builtins", "bytearray")
+_DTYPE = _global("numpy", "dtype")
+_GIGA = 10**9
+
+# Tiny pickles (protocol 2/3 opcodes by hand) that would make the unpickler allocate a gigabyte or more.
+HOSTILE = {
+    # _reconstruct(ndarray, (10**9,), b"b"): numpy itself only ever writes the shape (0,)
+    "reconstruct_shape": b"\x80\x03" + _RECONSTRUCT + _NDARRAY + _int(_GIGA) + b"\x85C\x01b\x87R.",
+    # _reconstruct(ndarray, (0,), "f8"): a dtype numpy never writes there
+    "reconstruct_dtype": b"\x80\x03" + _RECONSTRUCT + _NDARRAY + b"K\x00\x85X\x02\x00\x00\x00f8\x87R.",
+    # ndarray((10**9,), "b") called directly
+    "ndarray_call": b"\x80\x03" + _NDARRAY + _int(_GIGA) + b"\x85X\x01\x00\x00\x00b\x86R.",
+    # bytearray(10**9)
+    "bytearray_int": b"\x80\x03" + _BYTEARRAY + _int(_GIGA) + b"\x85R.",
+    # bytearray("x", "utf-16"): only latin-1 decodes a protocol-2 bytearray
+    "bytearray_codec": b"\x80\x03" + _BYTEARRAY + b"X\x01\x00\x00\x00xX\x06\x00\x00\x00utf-16\x86R.",
+    # dtype("O8"): object arrays would hand pickled objects to numpy
+    "dtype_object": b"\x80\x03" + _DTYPE + b"X\x02\x00\x00\x00O8\x89\x88\x87R.",
+    # dtype("V1000000000"): how a subarray (shaped) dtype such as ("b", (10**9,)) starts
+    "dtype_void": pickle.dumps(np.dtype(("b", (_GIGA,))), protocol=2),
+    # a whole object array, as numpy pickles it
+    "object_array": pickle.dumps(np.array([1, "x"], dtype=object), protocol=4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_pickles_that_would_allocate_are_refused_first(tmp_path, name):
+    path = tmp_path / f"{name}.pkl"
+    path.write_bytes(HOSTILE[name])
+    assert path.stat().st_size < 200
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsafePickleError, match="refused to unpickle") as err:
+            load_pickle(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(err.value)
+    assert peak < 10**7, f"{peak} bytes allocated before the refusal"
 
 
 def test_truncated_pickle_names_the_file(tmp_path):

@@ -13,7 +13,9 @@ subject and replication, and name the classes. ``train_split``/``test_split`` pi
 ``split`` column (automatic when the file has just ``train`` and ``test``/``val``).
 
 Pickles can run code when loaded, so they are read with :class:`RestrictedUnpickler`, which admits numpy arrays and
-plain containers only and refuses anything else with the global it asked for.
+plain containers only and refuses anything else with the global it asked for. The globals it admits are admitted
+only with the arguments numpy's and Python's own pickles pass them, so that a tiny pickle cannot make it allocate
+memory for data the file does not hold.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def _numpy_internal(submodule: str, name: str):
     raise pickle.UnpicklingError(f"this numpy has no {submodule}.{name}")
 
 
+class _Refused(pickle.UnpicklingError):
+    """An admitted global called in a way numpy's and Python's own pickles never call it."""
+
+
 def _latin1_encode(text, encoding: str = "latin1"):
     """``_codecs.encode`` as protocol-2 pickles use it for bytes (``str`` in latin-1), and nothing else."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
@@ -68,18 +74,68 @@ def _latin1_encode(text, encoding: str = "latin1"):
     return text.encode("latin1")
 
 
+class _NdarrayName:
+    """``numpy.ndarray`` as a pickle names it: numpy passes it to ``_reconstruct`` and never calls it (a call such as
+    ``ndarray((10**9,), "b")`` would allocate whatever shape a tiny pickle asks for)."""
+
+    def __call__(self, *args, **kwargs):
+        raise _Refused("it calls numpy.ndarray; numpy's own pickles only pass it to _reconstruct")
+
+
+_NDARRAY_NAME = _NdarrayName()
+
+
+def _reconstruct(subtype, shape, dtype):
+    """``_reconstruct`` with exactly the arguments numpy writes, ``(ndarray, (0,), b"b")``: an empty array that
+    ``__setstate__`` then fills from data that is in the file (any other shape would allocate without data)."""
+    if subtype is not _NDARRAY_NAME or type(shape) is not tuple or shape != (0,) \
+            or type(dtype) not in (bytes, str) or dtype not in (b"b", "b"):
+        raise _Refused(f"numpy _reconstruct is admitted only as numpy calls it, (ndarray, (0,), b'b'); this pickle "
+                       f"asks for ({'ndarray' if subtype is _NDARRAY_NAME else type(subtype).__name__}, "
+                       f"{_short(shape)}, {_short(dtype)})")
+    return _numpy_internal("multiarray", "_reconstruct")(np.ndarray, (0,), b"b")
+
+
+def _bytearray(data=b"", encoding=None):
+    """``bytearray`` as Python pickles it: from bytes, or from a str in latin-1 (protocols 0-2); never from a size."""
+    if type(data) is bytes and encoding is None:
+        return bytearray(data)
+    if type(data) is str and encoding in ("latin-1", "latin1"):
+        return bytearray(data, "latin-1")
+    raise _Refused(f"builtins.bytearray is admitted only with bytes or (str, 'latin-1'); this pickle asks for "
+                   f"bytearray({_short(data)}{'' if encoding is None else ', ' + _short(encoding)})")
+
+
+def _dtype(spec, align=False, copy=False):
+    """``numpy.dtype`` for plain numbers, booleans and strings; refuses object dtypes (they would hand pickled objects
+    to numpy) and void ones, which is how structured and subarray (shaped) dtypes start in a pickle."""
+    if type(spec) not in (str, bytes):
+        raise _Refused(f"numpy.dtype is admitted only with a type code; this pickle asks for dtype({_short(spec)})")
+    dtype = np.dtype(spec, align, copy)
+    if dtype.kind in "OV" or dtype.hasobject or dtype.shape:
+        raise _Refused(f"it asks for the numpy dtype {_short(spec)}; object, structured and subarray dtypes are "
+                       "refused (keypoints are plain numbers)")
+    return dtype
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 _ADMITTED = {
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
+    ("numpy", "ndarray"): lambda: _NDARRAY_NAME,
+    ("numpy", "dtype"): lambda: _dtype,
     ("builtins", "set"): lambda: set,
     ("builtins", "frozenset"): lambda: frozenset,
-    ("builtins", "bytearray"): lambda: bytearray,
+    ("builtins", "bytearray"): lambda: _bytearray,
     ("builtins", "complex"): lambda: complex,
     ("collections", "OrderedDict"): lambda: OrderedDict,
     ("_codecs", "encode"): lambda: _latin1_encode,
 }
 for _package in ("numpy.core", "numpy._core"):
-    for _submodule, _name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer")):
+    _ADMITTED[(f"{_package}.multiarray", "_reconstruct")] = lambda: _reconstruct
+    for _submodule, _name in (("multiarray", "scalar"), ("numeric", "_frombuffer")):
         _ADMITTED[(f"{_package}.{_submodule}", _name)] = (
             lambda submodule=_submodule, name=_name: _numpy_internal(submodule, name))
 
@@ -121,6 +177,8 @@ def load_pickle(path: str | os.PathLike):
         return RestrictedUnpickler(io.BytesIO(data), path).load()
     except ConvertError:
         raise
+    except _Refused as err:
+        raise UnsafePickleError(path, f"refused to unpickle: {err}") from None
     except Exception as err:  # truncated or garbled: EOFError, UnpicklingError, ValueError, IndexError...
         raise ConvertError(path, f"cannot be unpickled ({type(err).__name__}: {err}); the file may be truncated "
                                  "or not a pickle") from None
