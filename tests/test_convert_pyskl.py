@@ -12,6 +12,8 @@ import pytest
 from partkd.data import iter_samples, load_info, validate_dataset
 from partkd.data.convert import ConvertError, UnsafePickleError, convert_pyskl, load_pickle
 from partkd.data.convert.ntu import NTU_ACTIONS
+from partkd.data.convert.pyskl import read_annotation
+from partkd.data.schema import Sample
 
 
 def annotation(frame_dir, label, persons, frames, joints=17, dims=2, scores=True, seed=0):
@@ -205,6 +207,38 @@ def test_pickles_that_would_allocate_are_refused_first(tmp_path, name):
         tracemalloc.stop()
     assert str(path) in str(err.value)
     assert peak < 10**7, f"{peak} bytes allocated before the refusal"
+
+
+def _shared_nest(depth, width=10):
+    """width**depth zeros as nested lists that share each level: a few hundred bytes pickled."""
+    nest = [0.0] * width
+    for _ in range(depth - 1):
+        nest = [nest] * width
+    return nest
+
+
+@pytest.mark.parametrize("key, value, found", [
+    ("keypoint", _shared_nest(9), "keypoint is a list"),  # 10**9 values if numpy were to read it
+    ("keypoint_score", _shared_nest(8), "keypoint_score is a list"),
+    ("keypoint", np.array([[[["1", "2"]]]]), "keypoint is a numpy array of <U1"),
+    ("keypoint", np.ones((1, 2, 17, 2), dtype=np.complex64), "keypoint is a numpy array of complex64"),
+])
+def test_keypoints_must_be_numeric_arrays(tmp_path, key, value, found):
+    ann = annotation("clip", 0, 1, 3)
+    ann[key] = value
+    path = dump(tmp_path / "nested.pkl", [annotation("ok", 0, 1, 3), ann])
+    assert path.stat().st_size < 5000
+    with pytest.raises(ConvertError, match=rf"nested\.pkl: annotations\[1\] \(clip\): {found}; expected a numpy "
+                                           "array of numbers"):
+        convert_pyskl(path, tmp_path / "ds", side="lq")
+
+
+def test_keypoints_larger_than_the_file_allows_are_refused(tmp_path):
+    ann = annotation("clip", 0, 1, 3)  # 102 keypoint values, 51 scores
+    assert isinstance(read_annotation(ann, "a.pkl", 0, "coco17", "lq", None, max_values=102), Sample)
+    with pytest.raises(ConvertError, match=r"a\.pkl: annotations\[4\] \(clip\): keypoint has 102 values, more than "
+                                           "101 .*per byte of the file"):
+        read_annotation(ann, "a.pkl", 4, "coco17", "lq", None, max_values=101)
 
 
 def test_truncated_pickle_names_the_file(tmp_path):

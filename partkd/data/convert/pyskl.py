@@ -213,6 +213,24 @@ def annotations_of(obj, path: str | os.PathLike) -> tuple[dict, list[dict]]:
     return split, annotations
 
 
+VALUES_PER_BYTE = 64  # a keypoint array may hold at most this many values per byte of its pickle
+
+
+def keypoint_array(ann: dict, key: str, path, where: str, max_values: int) -> np.ndarray:
+    """``ann[key]`` as float32, refused unless it is a numpy array of numbers of at most ``max_values`` values.
+
+    Nested lists are refused: a few hundred bytes of pickle can nest lists that share their items into 10**9 values.
+    """
+    value = ann[key]
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+        what = f"a numpy array of {value.dtype}" if isinstance(value, np.ndarray) else f"a {type(value).__name__}"
+        raise ConvertError(path, f"{key} is {what}; expected a numpy array of numbers, as PYSKL writes it", where)
+    if value.size > max_values:
+        raise ConvertError(path, f"{key} has {value.size} values, more than {max_values} ({VALUES_PER_BYTE} per byte "
+                                 "of the file): the pickle is damaged or hostile", where)
+    return value.astype(np.float32)
+
+
 def infer_layout(keypoint: np.ndarray, has_scores: bool, path, where: str) -> str:
     joints, dims = keypoint.shape[2:]
     if not has_scores and (joints, dims) == (17, 3):
@@ -224,17 +242,18 @@ def infer_layout(keypoint: np.ndarray, has_scores: bool, path, where: str) -> st
     return layout
 
 
-def read_annotation(ann: dict, path, index: int, layout: str, side: str, max_persons: int | None) -> Sample | Skipped:
-    """One annotation as a sample of ``side`` in ``layout``."""
+def read_annotation(ann: dict, path, index: int, layout: str, side: str, max_persons: int | None, *,
+                    max_values: int) -> Sample | Skipped:
+    """One annotation as a sample of ``side`` in ``layout``; ``max_values`` caps each keypoint array."""
     frame_dir = str(ann["frame_dir"])
     where = f"annotations[{index}] ({frame_dir})"
-    keypoint = np.asarray(ann["keypoint"], dtype=np.float32)
+    keypoint = keypoint_array(ann, "keypoint", path, where, max_values)
     if keypoint.ndim != 4:
         raise ConvertError(path, f"keypoint has shape {list(keypoint.shape)}, expected [M, T, V, C]", where)
     persons, frames, joints, dims = keypoint.shape
     spec = get_layout(layout)
     if "keypoint_score" in ann and ann["keypoint_score"] is not None:
-        score = np.asarray(ann["keypoint_score"], dtype=np.float32)
+        score = keypoint_array(ann, "keypoint_score", path, where, max_values)
         if score.shape != keypoint.shape[:3]:
             raise ConvertError(path, f"keypoint_score has shape {list(score.shape)}, keypoint "
                                      f"{list(keypoint.shape)}", where)
@@ -336,13 +355,14 @@ def convert_pyskl(
         split = split or file_split
         if not annotations:
             raise ConvertError(file, "holds no annotations")
-        first = np.asarray(annotations[0]["keypoint"])
+        max_values = VALUES_PER_BYTE * max(file.stat().st_size, 1)
+        where = f"annotations[0] ({annotations[0]['frame_dir']})"
+        first = keypoint_array(annotations[0], "keypoint", file, where, max_values)
         if first.ndim != 4:
-            raise ConvertError(file, f"keypoint has shape {list(first.shape)}, expected [M, T, V, C]",
-                               "annotations[0]")
-        layouts[file_side] = file_layout or infer_layout(first, "keypoint_score" in annotations[0], file,
-                                                         "annotations[0]")
-        read[file_side] = [read_annotation(a, file, i, layouts[file_side], file_side, max_persons)
+            raise ConvertError(file, f"keypoint has shape {list(first.shape)}, expected [M, T, V, C]", where)
+        layouts[file_side] = file_layout or infer_layout(first, "keypoint_score" in annotations[0], file, where)
+        read[file_side] = [read_annotation(a, file, i, layouts[file_side], file_side, max_persons,
+                                           max_values=max_values)
                            for i, a in enumerate(annotations)]
     assignment, split_note = split_assignment(split, train_split, test_split, path)
     if split_note:
