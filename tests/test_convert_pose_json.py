@@ -178,3 +178,52 @@ def test_ntu_rgb_video_ids_become_ntu_names(tmp_path):
     (s,) = iter_samples(tmp_path / "ds")
     assert (s.sample_id, s.setup, s.camera, s.subject, s.replication) == ("S002C003P004R001A005", 2, 3, 4, 1)
     np.testing.assert_array_equal(s.lq[0, 0], expected(kp)[0])
+
+
+def _video_lines(path, records):
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+def test_frame_numbers_place_records_in_time(tmp_path):
+    rng = np.random.default_rng(7)
+    first, later = person(rng, 10), person(rng, 14)
+    _video_lines(tmp_path / "gap.jsonl", [{"frame": 5, "predictions": [pifpaf(later, 0.7)]},
+                                          {"frame": 0, "predictions": [pifpaf(first, 0.7)]}])
+    (tmp_path / "l.csv").write_text("gap,0\n")
+    report = convert_pose_json([tmp_path / "gap.jsonl"], tmp_path / "ds", labels=tmp_path / "l.csv")
+    (s,) = iter_samples(tmp_path / "ds")
+    assert s.frames == 6, "frames 0 and 5 span six frames"
+    np.testing.assert_array_equal(s.lq[0, 0], expected(first)[0])
+    np.testing.assert_array_equal(s.lq[0, 5], expected(later)[0])
+    assert not s.lq_score[0, 1:5].any() and not s.lq[0, 1:5].any(), "frames without a record are empty"
+    assert any("4 empty frames" in note and "1 video" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("records, message", [
+    ([{"frame": 3, "predictions": []}, {"frame": 3, "predictions": []}], r"line 2: frame 3 appears twice"),
+    ([{"frame": 0, "predictions": []}, {"frame": "1", "predictions": []}], r"line 2: frame '1' is not an integer"),
+    ([{"frame": 1.5, "predictions": []}], r"line 1: frame 1\.5 is not an integer"),
+    ([{"frame": True, "predictions": []}], r"line 1: frame True is not an integer"),
+    ([{"frame": 0, "predictions": []}, {"frame": 10**9, "predictions": []}],
+     r"line 2: frame numbers run from 0 to 1000000000 .* too sparse"),
+])
+def test_bad_frame_numbers_name_the_file_and_line(tmp_path, records, message):
+    _video_lines(tmp_path / "v.jsonl", records)
+    (tmp_path / "l.csv").write_text("v,0\n")
+    with pytest.raises(ConvertError, match=r"v\.jsonl: " + message):
+        convert_pose_json([tmp_path / "v.jsonl"], tmp_path / "ds", labels=tmp_path / "l.csv")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("keypoints", "x", r"keypoints are not numbers"),
+    ("bbox", [0, 0, "wide", 4], r"bbox \[0, 0, 'wide', 4\] is not numbers"),
+    ("score", {"p": 1}, r"score \{'p': 1\} is not a number"),
+])
+def test_values_that_are_not_numbers_name_the_file_and_line(tmp_path, field, value, message):
+    pred = pifpaf(person(np.random.default_rng(3), 10), 0.5)
+    pred[field] = value if field != "keypoints" else pred["keypoints"][:-1] + [value]
+    _video_lines(tmp_path / "v.jsonl", [{"frame": 0, "predictions": []}, {"frame": 1, "predictions": [pred]}])
+    (tmp_path / "l.csv").write_text("v,0\n")
+    with pytest.raises(ConvertError, match=r"v\.jsonl: line 2: predictions\[0\]: " + message):
+        convert_pose_json([tmp_path / "v.jsonl"], tmp_path / "ds", labels=tmp_path / "l.csv")

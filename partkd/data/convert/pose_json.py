@@ -90,7 +90,10 @@ def _joint_index(source: str, layout_name: str, where: str) -> np.ndarray:
 
 
 def _detection(values, source: str, layout: str, box, score, where: str) -> Detection | None:
-    triples = np.asarray(values, dtype=np.float64)
+    try:
+        triples = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ConvertError(where, f"keypoints are not numbers ({err})") from None
     if triples.size != 3 * len(SOURCE_JOINTS[source]):
         raise ConvertError(where, f"{triples.size} keypoint values, expected {3 * len(SOURCE_JOINTS[source])} "
                                   f"({source}: x, y, c per joint)")
@@ -108,9 +111,15 @@ def _detection(values, source: str, layout: str, box, score, where: str) -> Dete
     else:
         if np.size(box) != 4:
             raise ConvertError(where, f"bbox {box!r} is not [x, y, width, height]")
-        x, y, w, h = (float(v) for v in box)  # OpenPifPaf: x, y, width, height
+        try:
+            x, y, w, h = (float(v) for v in box)  # OpenPifPaf: x, y, width, height
+        except (TypeError, ValueError):
+            raise ConvertError(where, f"bbox {box!r} is not numbers [x, y, width, height]") from None
         box = np.array([x, y, x + w, y + h])
-    score = float(conf[seen].mean()) if score is None else float(score)
+    try:
+        score = float(conf[seen].mean()) if score is None else float(score)
+    except (TypeError, ValueError):
+        raise ConvertError(where, f"score {score!r} is not a number") from None
     return Detection(np.where(seen[:, None], xy, 0.0), conf, box, score)
 
 
@@ -152,8 +161,16 @@ def _load_json(path: Path):
         raise ConvertError(path, f"cannot be read ({err})") from None
 
 
-def read_video_file(path: Path, layout: str) -> list[list[Detection]]:
-    """An OpenPifPaf video file (JSON Lines, or a JSON list of frame records) as detections per frame."""
+MAX_EMPTY_PER_RECORD = 16  # frame numbers may leave at most this many empty frames per record (and 1024 more)
+
+
+def read_video_file(path: Path, layout: str) -> tuple[list[list[Detection]], int]:
+    """An OpenPifPaf video file (JSON Lines, or a JSON list of frame records) as detections per frame, and how many
+    frames no record names.
+
+    A record with a ``frame`` number stands at ``frame - first frame``; frames no record names are empty (no
+    person), so gaps keep time. Records without a number take their position in the file.
+    """
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
@@ -173,14 +190,27 @@ def read_video_file(path: Path, layout: str) -> list[list[Detection]]:
                 except json.JSONDecodeError as err:
                     raise ConvertError(path, f"is not valid JSON: {err.msg} (the file may be truncated)",
                                        f"line {number}") from None
-    frames = []
+    placed: dict[int, list[Detection]] = {}
+    lines: dict[int, int] = {}
     for position, (number, record) in enumerate(records):
         if not isinstance(record, dict) or "predictions" not in record:
             raise ConvertError(path, "a frame record needs 'predictions'", f"line {number}")
         frame = record.get("frame", position)
-        frames.append((frame, frame_detections(record["predictions"], layout, f"{path}: line {number}")))
-    frames.sort(key=lambda f: f[0])  # stable: records without frame numbers keep their order
-    return [dets for _, dets in frames]
+        if isinstance(frame, bool) or not isinstance(frame, int):
+            raise ConvertError(path, f"frame {frame!r} is not an integer", f"line {number}")
+        if frame in placed:
+            raise ConvertError(path, f"frame {frame} appears twice (first at line {lines[frame]})", f"line {number}")
+        placed[frame] = frame_detections(record["predictions"], layout, f"{path}: line {number}")
+        lines[frame] = number
+    if not placed:
+        return [], 0
+    first, last = min(placed), max(placed)
+    span = last - first + 1
+    if span > len(placed) * (MAX_EMPTY_PER_RECORD + 1) + 1024:
+        raise ConvertError(path, f"frame numbers run from {first} to {last} ({span} frames) for {len(placed)} "
+                                 "records: too sparse to fill with empty frames; the numbers may be damaged",
+                           f"line {lines[last]}")
+    return [placed.get(t, []) for t in range(first, last + 1)], span - len(placed)
 
 
 def _frame_number(path: Path) -> tuple[int, str]:
@@ -362,8 +392,15 @@ def _label_entries(entries: dict[str, dict], class_names: list[str] | None, path
 
 
 def read_video(video_id: str, kind: str, source, layout: str, labels: dict[str, dict] | None, max_persons: int,
-               iou_threshold: float, side: str) -> Sample | Skipped:
-    frames = read_video_file(source, layout) if kind == "file" else read_frame_folder(source, layout)
+               iou_threshold: float, side: str, gaps: list[int] | None = None) -> Sample | Skipped:
+    """One video as a sample; the number of empty frames that filled gaps in its frame numbers is appended to
+    ``gaps`` when it has any."""
+    if kind == "file":
+        frames, empty = read_video_file(source, layout)
+        if empty and gaps is not None:
+            gaps.append(empty)
+    else:
+        frames = read_frame_folder(source, layout)
     place = str(source if kind == "file" else source[0].parent)
     if not frames:
         return Skipped(place, "no frames")
@@ -402,7 +439,7 @@ def convert_pose_json(
     if not videos:
         raise ConvertError(", ".join(map(str, inputs)), "holds no pose JSON (.json, .jsonl)")
     label_entries, names = read_labels_csv(labels, class_names) if labels is not None else (None, None)
-    notes = []
+    notes, gaps = [], []
     if label_entries is not None:
         missing = sorted(set(label_entries) - set(videos))
         if missing:
@@ -414,7 +451,10 @@ def convert_pose_json(
                 yield Skipped(video_id, "no label in the labels file")
                 continue
             yield guarded(video_id, lambda v=video_id, k=kind, s=source: read_video(
-                v, k, s, layout, label_entries, max_persons, iou_threshold, side), write.skip_bad)
+                v, k, s, layout, label_entries, max_persons, iou_threshold, side, gaps), write.skip_bad)
+        if gaps:
+            notes.append(f"{sum(gaps)} empty frames (no person) filled gaps in the frame numbers of {len(gaps)} "
+                         "video(s)")
 
     info = {"converter": "pose-json", "source": [str(p) for p in inputs], "labels": labels and str(labels),
             "max_persons": max_persons, "iou_threshold": iou_threshold,
