@@ -147,3 +147,22 @@ def test_real_ntu_samples(shared_data, tmp_path):
     np.testing.assert_allclose(reading.hq[0, 0, 0], [0.2058097, 0.1920515, 3.810989], rtol=1e-6)
     assert reading.hq_score[0, 0, 5] == 0.5, "the file's 6th joint of frame 1 is inferred (state 1)"
     assert validate_dataset(tmp_path / "ds").ok
+
+
+def test_lines_after_the_declared_frames_name_the_line(tmp_path):
+    rng = np.random.default_rng(4)
+    path = tmp_path / "S001C001P001R001A001.skeleton"
+    write_skeleton(path, 2, {"7": (0, body_rows(rng, 2, 0.1))})
+    assert len(path.read_text().splitlines()) == 57
+    path.write_text(path.read_text() + "\n  \n")  # blank lines after the last frame are fine
+    assert read_skeleton_file(path)[0] == 2
+    path.write_text(path.read_text().replace("2\n", "1\n", 1))  # the header now declares 1 frame
+    with pytest.raises(ConvertError, match=r"A001\.skeleton: line 30: 28 lines after the last of the 1 frames the "
+                                           "header declares"):
+        read_skeleton_file(path)
+
+
+def test_bad_num_classes_without_ntu_names(tmp_path):
+    (tmp_path / "clip.skeleton").write_text("0\n")
+    with pytest.raises(ValueError, match=r"num_classes must be 60 or 120 .*largest A000"):
+        convert_ntu([tmp_path], tmp_path / "ds", num_classes=50)

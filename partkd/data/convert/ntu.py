@@ -150,6 +150,10 @@ def read_skeleton_file(path: str | os.PathLike) -> tuple[int, dict[str, tuple[li
                 continue  # the same body id twice in one frame: keep the first
             frames_of.append(t)
             rows_of.append(rows)
+    left = [i for i in range(lines.pos, len(lines.lines)) if lines.lines[i].strip()]
+    if left:
+        raise lines.error(f"{len(left)} lines after the last of the {frames} frames the header declares; the frame "
+                          "count or a body count is wrong", left[0])
     return frames, bodies
 
 
@@ -215,9 +219,10 @@ def convert_ntu(
     if not files:
         raise ConvertError(", ".join(map(str, inputs)), "holds no .skeleton files")
     actions = [ids["action"] for f in files if (ids := parse_ntu_name(f.name.split(".")[0]))]
-    num_classes = num_classes or (120 if max(actions, default=0) > 60 else 60)
-    if num_classes not in (60, 120) or max(actions, default=0) > num_classes:
-        raise ValueError(f"num_classes must be 60 or 120 and cover every action (largest A{max(actions):03d})")
+    largest = max(actions, default=0)
+    num_classes = num_classes or (120 if largest > 60 else 60)
+    if num_classes not in (60, 120) or largest > num_classes:
+        raise ValueError(f"num_classes must be 60 or 120 and cover every action (largest A{largest:03d})")
 
     def items() -> Iterator[Sample | Skipped]:
         for path in files:
