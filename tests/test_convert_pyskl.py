@@ -106,6 +106,11 @@ def test_one_annotation_dict_and_bad_annotations(tmp_path):
     broken["total_frames"] = 4
     with pytest.raises(ConvertError, match=r"annotations\[0\] \(clip\): total_frames is 4 but keypoint has 3 frames"):
         convert_pyskl(dump(tmp_path / "broken.pkl", [broken]), tmp_path / "b1")
+    for total in ("3 frames", [3], 3.5):
+        broken["total_frames"] = total
+        with pytest.raises(ConvertError, match=r"broken\.pkl: annotations\[0\] \(clip\): total_frames .* is not an "
+                                               "integer"):
+            convert_pyskl(dump(tmp_path / "broken.pkl", [broken]), tmp_path / "b1")
     odd = annotation("clip", 0, 1, 3, joints=14)
     with pytest.raises(ConvertError, match="14 joints x 2 values, which matches no shipped layout"):
         convert_pyskl(dump(tmp_path / "odd.pkl", [odd]), tmp_path / "b2")
@@ -239,6 +244,19 @@ def test_keypoints_larger_than_the_file_allows_are_refused(tmp_path):
     with pytest.raises(ConvertError, match=r"a\.pkl: annotations\[4\] \(clip\): keypoint has 102 values, more than "
                                            "101 .*per byte of the file"):
         read_annotation(ann, "a.pkl", 4, "coco17", "lq", None, max_values=101)
+
+
+def test_an_annotation_whose_scores_are_all_zero_is_skipped(tmp_path):
+    empty = annotation("empty", 1, 2, 4, seed=1)
+    empty["keypoint_score"][:] = 0
+    nan = annotation("nan", 0, 1, 3, seed=2)
+    nan["keypoint"][:] = np.nan  # no finite joint: every score becomes 0
+    report = convert_pyskl(dump(tmp_path / "a.pkl", [annotation("ok", 0, 1, 3), empty, nan]), tmp_path / "ds")
+    assert report.written == 1
+    assert [(s.source, s.reason) for s in report.skipped] == [
+        (f"{tmp_path / 'a.pkl'}: empty", "no skeleton: every score is 0"),
+        (f"{tmp_path / 'a.pkl'}: nan", "no skeleton: every score is 0")]
+    assert [s.sample_id for s in iter_samples(tmp_path / "ds")] == ["ok"]
 
 
 def test_truncated_pickle_names_the_file(tmp_path):

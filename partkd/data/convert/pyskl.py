@@ -264,25 +264,32 @@ def read_annotation(ann: dict, path, index: int, layout: str, side: str, max_per
     if (joints, keypoint.shape[-1]) != (spec.num_joints, spec.dims):
         raise ConvertError(path, f"keypoint has {joints} joints x {keypoint.shape[-1]} values, layout {layout} has "
                                  f"{spec.num_joints} x {spec.dims}", where)
-    total = ann.get("total_frames")
-    if total is not None and int(total) != frames:
+    total = _integer(ann.get("total_frames"))
+    if isinstance(total, bool) or not isinstance(total, int | np.integer | None):
+        raise ConvertError(path, f"total_frames {_short(ann['total_frames'])} is not an integer", where)
+    if total is not None and total != frames:
         raise ConvertError(path, f"total_frames is {int(total)} but keypoint has {frames} frames", where)
     if persons == 0 or frames == 0:
         return Skipped(f"{path}: {frame_dir}", "no skeleton: keypoint has no person or no frame")
     finite = np.isfinite(keypoint).all(axis=-1) & np.isfinite(score)
     score = np.where(finite, np.clip(score, 0.0, None), 0.0)
+    if not score.any():
+        return Skipped(f"{path}: {frame_dir}", "no skeleton: every score is 0")
     keypoint = np.where(finite[..., None], keypoint, 0.0)
     if max_persons is not None and persons > max_persons:
         keep = np.sort(np.argsort(-score.sum(axis=(1, 2)), kind="stable")[:max_persons])  # most confident persons
         keypoint, score = keypoint[keep], score[keep]
-    label = ann["label"]
-    if isinstance(label, np.ndarray):
-        label = label.item()
+    label = _integer(ann["label"])
     if isinstance(label, bool) or not isinstance(label, int | np.integer):
         raise ConvertError(path, f"label {label!r} is not an integer", where)
     ids = parse_ntu_name(frame_dir) or {}
     return side_sample(side, keypoint, score, sample_id=frame_dir, label=int(label), subject=ids.get("subject"),
                        camera=ids.get("camera"), setup=ids.get("setup"), replication=ids.get("replication"))
+
+
+def _integer(value):
+    """A one-value numpy array as its value (PYSKL labels are sometimes 0-d arrays); anything else as it is."""
+    return value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
 
 
 def split_assignment(split: dict, train: str | None, test: str | None, path) -> tuple[dict[str, str], str | None]:
