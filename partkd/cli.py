@@ -26,12 +26,17 @@ def _progress(label: str, done: int, total: int, start: float) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def synth_info(cfg) -> dict:
+    """What ``dataset.json`` records of a synthetic dataset's making (its generator settings)."""
+    return {"generator": "partkd.data.synth", **cfg.__dict__, "simulated_lq": True}
+
+
 def synthesize(out: Path, cfg, overwrite: bool, rows_per_shard: int = 1024, quiet: bool = False) -> dict:
     from partkd.data.shards import DatasetWriter
     from partkd.data.synth import HQ_LAYOUT, LQ_LAYOUT, class_names, generate
 
     start, step = time.perf_counter(), max(cfg.samples // 20, 1)
-    info = {"generator": "partkd.data.synth", **cfg.__dict__, "simulated_lq": True}
+    info = synth_info(cfg)
     with DatasetWriter(out, name=f"synth-{cfg.seed}", class_names=class_names(cfg), hq_layout=HQ_LAYOUT,
                        lq_layout=LQ_LAYOUT, rows_per_shard=rows_per_shard, overwrite=overwrite, info=info) as writer:
         for i, sample in enumerate(generate(cfg), start=1):
@@ -249,8 +254,7 @@ def _study_dataset(out: Path, preset: str, seed: int, paired_fraction: float) ->
     cfg = preset_synth(preset, seed, paired_fraction)
     path = out / f"data-seed{seed}"
     try:
-        reuse = load_info(path).get("info", {}) == {"generator": "partkd.data.synth", **cfg.__dict__,
-                                                     "simulated_lq": True}
+        reuse = load_info(path).get("info", {}) == synth_info(cfg)
     except (FileNotFoundError, ValueError):
         reuse = False
     if not reuse:
