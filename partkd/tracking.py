@@ -48,10 +48,30 @@ def git_commit() -> str:
         return "unknown"
 
 
-def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict,
-              parent_run_id: str | None = None) -> str:
-    """Create a run (nested under ``parent_run_id`` if given) with its params and tags; returns its id."""
+def unfinished_run(uri: str, experiment: str, run_name: str, parent_run_id: str | None = None) -> str | None:
+    """The newest run of that name (and parent) that did not finish, e.g. one whose driver was killed."""
     client = MlflowClient(tracking_uri=uri)
+    query = f"attributes.run_name = '{run_name}' and attributes.status != 'FINISHED'"
+    if parent_run_id:
+        query += f" and tags.mlflow.parentRunId = '{parent_run_id}'"
+    runs = client.search_runs([experiment_id(uri, experiment)], query, order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict,
+              parent_run_id: str | None = None, resume_unfinished: bool = False) -> str:
+    """Create a run (nested under ``parent_run_id`` if given) with its params and tags; returns its id.
+
+    ``resume_unfinished``: continue the :func:`unfinished_run` of that name instead, if there is one (a resumed job
+    keeps one run, its per-epoch metrics picking up where they stopped).
+    """
+    client = MlflowClient(tracking_uri=uri)
+    if resume_unfinished:
+        run_id = unfinished_run(uri, experiment, run_name, parent_run_id)
+        if run_id:
+            client.update_run(run_id, "RUNNING")
+            return run_id
     all_tags = {"git_commit": git_commit(), **{k: str(v) for k, v in tags.items()}}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
@@ -81,6 +101,21 @@ def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | 
         client.log_artifacts(run_id, str(path), artifact_path)
     else:
         client.log_artifact(run_id, str(path), artifact_path)
+
+
+def set_tags(uri: str, run_id: str, tags: dict) -> None:
+    client = MlflowClient(tracking_uri=uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def child_runs(uri: str, parent_run_id: str, query: str = "") -> list:
+    """The runs nested directly under ``parent_run_id`` (``query``: more of MLflow's search filter), oldest first."""
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(parent_run_id)
+    search = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {query}" if query else "")
+    return client.search_runs([parent.info.experiment_id], search, order_by=["attributes.start_time ASC"],
+                              max_results=10_000)
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

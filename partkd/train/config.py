@@ -21,6 +21,8 @@ HQ_SOURCES = ("batch", "bank")
 class DataConfig:
     path: str = ""  # dataset directory (shards + dataset.json)
     protocol: str = "xsub"  # split protocol: train on its "train" split, evaluate on its "test" split
+    val_fraction: float = 0.0  # > 0: validate on this seeded share of the training split instead (tuning: no test)
+    val_seed: int = 0  # which validation slice
     frames: int = 300  # T
     persons: int = 2  # M
     occlusion_prob: float = 0.0  # OP of the synthesized occlusion on the LQ side (train and evaluation)
@@ -87,6 +89,8 @@ class JobConfig:
             raise ValueError(f"loss.objective must be one of {', '.join(OBJECTIVES)}, got {self.loss.objective!r}")
         if self.loss.hq_source not in HQ_SOURCES:
             raise ValueError(f"loss.hq_source must be one of {', '.join(HQ_SOURCES)}, got {self.loss.hq_source!r}")
+        if not 0.0 <= self.data.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -141,7 +145,8 @@ def _build(cls, values: dict, prefix: str):
     return cls(**{k: _coerce(hints[k], v, prefix + k) for k, v in values.items()})
 
 
-def _read_file(path: str) -> dict:
+def read_settings_file(path: str) -> dict:
+    """A TOML, YAML or JSON file as nested tables."""
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -170,11 +175,15 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_config(base: JobConfig | None = None, file: str | None = None, sets: list[str] = ()) -> JobConfig:
-    """``base`` (default: the paper's) overridden by a config file, then by ``section.key=value`` strings."""
+def load_config(base: JobConfig | None = None, file: str | None = None, sets: list[str] = (),
+                table: dict | None = None) -> JobConfig:
+    """``base`` (default: the paper's) overridden by a config file, then by a ``table`` of settings (a section of a
+    larger file, e.g. a study's ``[job]``), then by ``section.key=value`` strings."""
     values = (base or JobConfig()).to_dict()
     if file:
-        values = _merge(values, _read_file(file))
+        values = _merge(values, read_settings_file(file))
+    if table:
+        values = _merge(values, table)
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep:

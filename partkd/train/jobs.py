@@ -25,7 +25,7 @@ from ray.train.torch import TorchTrainer
 from partkd import tracking
 from partkd.data.raydata import SideTransform, read_shards
 from partkd.data.shards import load_info
-from partkd.data.splits import split_ray_filter
+from partkd.data.splits import VALIDATION, get_protocol, validation_split
 from partkd.data.transforms import TransformConfig
 from partkd.train.common import build_model, load_meta, model_meta
 from partkd.train.config import JobConfig
@@ -67,19 +67,30 @@ def transform_configs(job: JobConfig) -> dict[str, TransformConfig]:
                                       occlusion_unit=job.data.occlusion_unit)}
 
 
+def split_predicates(job: JobConfig) -> dict:
+    """Ray Data predicates of the job's ``train`` and ``val`` rows: the protocol's train and test splits or, with
+    ``data.val_fraction``, the training split less a seeded validation slice and that slice (so a study never sees
+    the test split)."""
+    protocol = get_protocol(job.data.protocol)
+    if job.data.val_fraction == 0.0:
+        return {"train": protocol.ray_filter("train"), "val": protocol.ray_filter("test")}
+    held_out = validation_split(protocol, job.data.path, job.data.val_fraction, job.data.val_seed)
+    return {"train": held_out.ray_filter("train"), "val": held_out.ray_filter(VALIDATION)}
+
+
 def job_datasets(job: JobConfig, layouts: dict[str, str], require: str) -> dict:
-    """``train`` and ``val`` (the protocol's test split) datasets of the rows that have side ``require``."""
+    """``train`` and ``val`` datasets (:func:`split_predicates`) of the rows that have side ``require``."""
     cfgs = transform_configs(job)
     transform = SideTransform(layouts, {side: cfgs[side] for side in layouts}, seed=job.data.seed)
     datasets = {}
-    for name, split in (("train", "train"), ("val", "test")):
-        predicate = split_ray_filter(job.data.protocol, split) & col(require).is_not_null()
+    for name, split_predicate in split_predicates(job).items():
+        predicate = split_predicate & col(require).is_not_null()
         ds = read_shards(job.data.path, filter=predicate)
         datasets[name] = ds.map_batches(transform, batch_format="pyarrow", batch_size=job.data.batch_size)
     return datasets
 
 
-def _ensure_ray() -> None:
+def ensure_ray() -> None:
     """A local Ray unless one is running (``ray job submit`` and tests start their own); quiet Data progress bars.
 
     Worker and actor output stays in Ray's log files (``/tmp/ray/session_latest/logs``) unless
@@ -92,11 +103,11 @@ def _ensure_ray() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def _fit(loop, job: JobConfig, meta: dict, datasets: dict) -> ray.train.Result:
+def _fit(loop, job: JobConfig, meta: dict, datasets: dict, callbacks: list) -> ray.train.Result:
     run_config = ray.train.RunConfig(
         name=job.train.name, storage_path=str(Path(job.train.storage_path).resolve()),
         failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks,
     )
     data_config = ray.train.DataConfig(datasets_to_split="all",
                                        execution_options=ray.data.ExecutionOptions(preserve_order=True))
@@ -148,8 +159,10 @@ def absolute_paths(job: JobConfig) -> JobConfig:
 
 
 def _run(kind: str, loop, job: JobConfig, meta: dict, datasets: dict, info: dict, tags: dict,
-         say: Callable[[str], None]) -> JobResult:
-    """Fit inside an MLflow run: params and tags up front, per-epoch metrics from rank 0, checkpoint at the end."""
+         say: Callable[[str], None], callbacks: list) -> JobResult:
+    """Fit inside an MLflow run: params and tags up front, per-epoch metrics from rank 0, checkpoint at the end.
+
+    A job started again under its name continues its unfinished MLflow run (as the Ray Train run resumes)."""
     uri = job.tracking_uri or tracking.tracking_uri()
     role = kind if kind == "teacher" else f"student-{job.loss.objective}"
     name = job.train.name or f"{role}-{info['name']}-seed{job.train.seed}"
@@ -158,11 +171,11 @@ def _run(kind: str, loop, job: JobConfig, meta: dict, datasets: dict, info: dict
     meta = {**meta, "job": job.flat()}
     run_id = tracking.start_run(uri, experiment=f"partkd/{info['name']}", run_name=name, params=job.flat(),
                                 tags={"kind": kind, "dataset_fingerprint": info["fingerprint"], **tags},
-                                parent_run_id=job.parent_run_id or None)
+                                parent_run_id=job.parent_run_id or None, resume_unfinished=True)
     job = replace(job, mlflow_run_id=run_id)
     try:
         with tracking.EpochProgress(uri, run_id, name, job.train.epochs, say=say):
-            result = _fit(loop, job, meta, datasets)
+            result = _fit(loop, job, meta, datasets, callbacks)
     except BaseException as err:
         tracking.end_run(uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         bad_data = worker_data_error(err)
@@ -181,27 +194,31 @@ def _run(kind: str, loop, job: JobConfig, meta: dict, datasets: dict, info: dict
     return JobResult(final, metrics, run_id)
 
 
-def train_teacher(job: JobConfig, say: Callable[[str], None] = print) -> JobResult:
+def train_teacher(job: JobConfig, say: Callable[[str], None] = print, tags: dict | None = None) -> JobResult:
     """Ray Train job: the teacher on the HQ skeletons of the protocol's training split (Eq. 2)."""
     job = absolute_paths(job)
     info = load_info(job.data.path)
     if not info.get("hq_layout"):
         raise ValueError(f"{job.data.path}: the dataset has no HQ side to train a teacher on")
-    _ensure_ray()
+    ensure_ray()
     meta = {**model_meta(job.model, info["hq_layout"], info["num_classes"], info["class_names"]), "side": "hq",
             "data": _data_meta(job)}
     datasets = job_datasets(job, {"hq": info["hq_layout"]}, require="hq")
-    return _run("teacher", teacher_loop, job, meta, datasets, info, {}, say)
+    return _run("teacher", teacher_loop, job, meta, datasets, info, tags or {}, say, [])
 
 
-def train_student(job: JobConfig, say: Callable[[str], None] = print) -> JobResult:
-    """Ray Train job: the student on the LQ skeletons (paired and solitary), L_c + alpha L_kd (Eq. 4)."""
+def train_student(job: JobConfig, say: Callable[[str], None] = print, tags: dict | None = None,
+                  callbacks: list = ()) -> JobResult:
+    """Ray Train job: the student on the LQ skeletons (paired and solitary), L_c + alpha L_kd (Eq. 4).
+
+    ``tags`` go on its MLflow run; ``callbacks`` are Ray Train ``UserCallback``s (a study's ``TuneReportCallback``).
+    """
     job = absolute_paths(job)
     info = load_info(job.data.path)
     if not info.get("lq_layout"):
         raise ValueError(f"{job.data.path}: the dataset has no LQ side to train a student on")
     kd = job.loss.objective != "ce"
-    tags = {}
+    tags = dict(tags or {})
     meta = {**model_meta(job.model, info["lq_layout"], info["num_classes"], info["class_names"]), "side": "lq",
             "data": _data_meta(job)}
     layouts = {"lq": info["lq_layout"]}
@@ -217,9 +234,9 @@ def train_student(job: JobConfig, say: Callable[[str], None] = print) -> JobResu
         layouts["hq"] = teacher["layout"]
         if job.loss.objective == "pmsc" and not job.part_matrix:
             raise ValueError("loss.objective=pmsc needs part_matrix (see `partkd part-matrix`)")
-    _ensure_ray()
+    ensure_ray()
     datasets = job_datasets(job, layouts, require="lq")
-    result = _run("student", student_loop, job, meta, datasets, info, tags, say)
+    result = _run("student", student_loop, job, meta, datasets, info, tags, say, list(callbacks))
     if job.loss.objective == "pmsc":  # E beside the student it shaped
         for file in (Path(job.part_matrix), Path(job.part_matrix).with_suffix(".png")):
             if file.exists():

@@ -89,7 +89,8 @@ def _report(wc: WorkerContext, epoch: int, metrics: dict, model, optimizer, sche
         if wc.rank == 0:
             save_checkpoint(Path(tmp), model, wc.meta, optimizer, scheduler, epoch, {"metrics": metrics})
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report({**metrics, "epoch": epoch}, checkpoint=checkpoint)
+        # epochs_done: the time axis of a study's early stopping, right across a resumed run
+        ray.train.report({**metrics, "epoch": epoch, "epochs_done": epoch + 1}, checkpoint=checkpoint)
     if epoch == wc.job.train.fail_at_epoch and wc.rank == wc.world - 1:
         marker = Path(wc.job.train.storage_path) / wc.job.train.name / "injected_failure"
         if not marker.exists():  # once: the restarted worker group goes on

@@ -27,19 +27,21 @@ def _mean_std(values: list[float]) -> str:
     return f"{v.mean():.2f} ± {std:.2f}"
 
 
-def summarise(rows: list[dict]) -> tuple[str, str]:
-    """Markdown (mean ± std over seeds, with gains over ``student_ce``) and CSV (every seed's row)."""
+def summarise(rows: list[dict], baseline: tuple[str, str] = ("student_ce", "w/o KD")) -> tuple[str, str]:
+    """Markdown (mean ± std over seeds, with each student's gains over the ``baseline`` key, named by its label) and
+    CSV (every seed's row)."""
+    base_key, base_label = baseline
     seeds = sorted({r["seed"] for r in rows})
     by = {(r["key"], r["op"], r["seed"]): r for r in rows}
     groups = list(dict.fromkeys((r["key"], r["model"], r["skeleton"], r["op"]) for r in rows))
-    lines = ["| model | skeleton | OP | top-1 % | top-5 % | top-1 gain over w/o KD (points) |",
+    lines = [f"| model | skeleton | OP | top-1 % | top-5 % | top-1 gain over {base_label} (points) |",
              "|---|---|---|---|---|---|"]
     for key, model, skeleton, op in groups:
         top1 = [by[key, op, s]["top1"] for s in seeds]
         top5 = [by[key, op, s]["top5"] for s in seeds]
         gain = ""
-        if key.startswith("student_") and key != "student_ce" and all(("student_ce", op, s) in by for s in seeds):
-            gain = _mean_std([by[key, op, s]["top1"] - by["student_ce", op, s]["top1"] for s in seeds])
+        if key.startswith("student_") and key != base_key and all((base_key, op, s) in by for s in seeds):
+            gain = _mean_std([by[key, op, s]["top1"] - by[base_key, op, s]["top1"] for s in seeds])
         lines.append(f"| {model} | {skeleton} | {op:.1f} | {_mean_std(top1)} | {_mean_std(top5)} | {gain} |")
     lines.append(f"\nmean ± std (sample std) over {len(seeds)} seeds: {', '.join(map(str, seeds))}")
     csv = ["seed,model,skeleton,op,top1,top5"]
