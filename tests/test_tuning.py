@@ -1,0 +1,198 @@
+"""The hyperparameter study end to end: Ray Tune + Optuna + ASHA over tiny student jobs, a real MLflow SQLite store.
+
+One study of 4 trials (2 at a time) with its finish is shared by the module; the resume test kills a second study's
+driver (a subprocess on the session's Ray) after two completed trials and resumes it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from partkd import tracking
+from partkd.cli import synthesize
+from partkd.data.synth import SynthConfig
+from partkd.train.config import TrainConfig
+from tuning.space import load_study, max_concurrent_trials, parse_space
+from tuning.study import PAPER_SETTINGS, StudyExistsError, run_study
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 3
+
+STUDY_FILE = """
+[study]
+name = "{name}"
+storage = "{root}/studies"
+trials = 4
+seed = 0
+asha = true
+grace_epochs = 1
+reduction_factor = 4
+finish_seeds = {finish}
+teacher_checkpoint = "{teacher}"
+
+[space]
+"loss.alpha" = {{ log_uniform = [0.1, 10.0] }}
+"loss.w" = {{ uniform = [0.0, 1.0] }}
+"loss.tau" = {{ log_uniform = [0.1, 2.0] }}
+"loss.grouping" = {{ choice = ["paper5", "halves2"] }}
+"train.lr" = {{ log_uniform = [0.01, 5.0] }}  # the upper end diverges: a trial to stop
+
+[job]
+tracking_uri = "sqlite:///{root}/mlflow.db"
+data = {{ path = "{root}/data", frames = 16, persons = 1, batch_size = 8, val_fraction = 0.25 }}
+model = {{ base_channels = 8, stage_blocks = [1, 1], dropout = 0.1 }}
+train = {{ epochs = {epochs}, milestones = [10], num_workers = 1, cpus_per_worker = 0.4 }}
+"""
+
+
+def study_file(root: Path, name: str, finish: str = "[0, 1, 2]", teacher: str = "") -> Path:
+    path = root / f"{name}.toml"
+    path.write_text(STUDY_FILE.format(name=name, root=root, finish=finish, teacher=teacher, epochs=EPOCHS))
+    return path
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("tuning")
+    synthesize(root / "data", SynthConfig(samples=192, classes=4, frames=16, seed=3, paired_fraction=0.75),
+               overwrite=True, quiet=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def study(root):
+    return run_study(load_study(str(study_file(root, "tiny"))), say=lambda line: None)
+
+
+def client(root) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def trial_runs(root, parent: str) -> list:
+    return tracking.child_runs(f"sqlite:///{root / 'mlflow.db'}", parent, "tags.`study.stage` = 'trial'")
+
+
+def test_space_reads_ranges_and_rejects_what_the_job_lacks():
+    space = parse_space({"loss.alpha": {"log_uniform": [0.1, 10]}, "loss.grouping": {"choice": "groupings"}})
+    assert space["loss.alpha"].log and (space["loss.alpha"].low, space["loss.alpha"].high) == (0.1, 10.0)
+    assert space["loss.grouping"].choices == ("halves2", "limbs10", "paper5", "torso6")  # every registered grouping
+    with pytest.raises(ValueError, match="space.loss.beta: not a job setting"):
+        parse_space({"loss.beta": {"uniform": [0, 1]}})
+    with pytest.raises(ValueError, match="log_uniform needs 0 < lo < hi"):
+        parse_space({"loss.tau": {"log_uniform": [0, 1]}})
+    with pytest.raises(KeyError, match="unknown grouping 'elbows3'"):
+        parse_space({"loss.grouping": {"choice": ["paper5", "elbows3"]}})
+
+
+def test_concurrency_follows_cpus_and_whole_gpus():
+    # 16 CPUs, less 1 for Ray Data, over (0.01 + 2 x 1) per trial: 7; with GPUs, 4 GPUs / 2 per trial: 2
+    assert max_concurrent_trials({"CPU": 16}, TrainConfig(num_workers=2, cpus_per_worker=1)) == 7
+    assert max_concurrent_trials({"CPU": 16, "GPU": 4}, TrainConfig(num_workers=2, use_gpu=True)) == 2
+    # the tests' 2 CPUs: (2 - 1) / (0.01 + 0.4) = 2.4 -> 2; never fewer than one
+    assert max_concurrent_trials({"CPU": 2}, TrainConfig(num_workers=1, cpus_per_worker=0.4)) == 2
+    assert max_concurrent_trials({"CPU": 1}, TrainConfig()) == 1
+
+
+def test_study_is_one_parent_with_a_child_run_per_trial(root, study):
+    parent = client(root).get_run(study.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["kind"] == "study"
+    runs = trial_runs(root, study.run_id)
+    assert len(runs) == 4 and len(study.trials) == 4
+    searched = [tuple(r.data.params[k] for k in ("loss.alpha", "loss.w", "loss.tau", "train.lr")) for r in runs]
+    assert len(set(searched)) == 4  # distinct sampled settings
+    assert {r.data.params["data.val_fraction"] for r in runs} == {"0.25"}  # validated on the slice, not test
+    states = {r.data.tags["state"] for r in runs}
+    assert states <= {"completed", "early-stopped"} and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:  # per-epoch metrics, as many epochs as the trial ran
+        steps = [m.step for m in client(root).get_metric_history(run.info.run_id, "val/top1")]
+        expected = EPOCHS if run.data.tags["state"] == "completed" else len(steps)
+        assert steps == list(range(expected)) and expected >= 1
+    teacher = tracking.child_runs(f"sqlite:///{root / 'mlflow.db'}", study.run_id, "tags.`study.stage` = 'teacher'")
+    assert len(teacher) == 1  # trained once for the whole study
+
+
+def test_asha_stops_a_trial_early_and_saves_epochs(root, study):
+    early = [t for t in study.trials if t["state"] == "early-stopped"]
+    assert early, study.trials
+    assert all(t["epochs"] < EPOCHS for t in early)
+    metrics = client(root).get_run(study.run_id).data.metrics
+    assert metrics["search/epochs"] == sum(t["epochs"] for t in study.trials) < 4 * EPOCHS
+
+
+def test_best_config_is_the_best_trial_and_recorded_on_the_parent(root, study):
+    best = max(study.trials, key=lambda t: t["val/top1"])
+    assert study.best_metric == pytest.approx(best["val/top1"])
+    assert study.best == {k: best[k] for k in ("loss.alpha", "loss.w", "loss.tau", "loss.grouping", "train.lr")}
+    parent = client(root).get_run(study.run_id)
+    assert parent.data.tags["best.loss.grouping"] == study.best["loss.grouping"]
+    assert parent.data.metrics["best/val/top1"] == pytest.approx(study.best_metric)
+    artifacts = {a.path for a in client(root).list_artifacts(study.run_id, "search")}
+    assert {"search/best_config.json", "search/trials.csv", "search/optimization_history.png",
+            "search/param_importances.png"} <= artifacts
+
+
+def test_finish_compares_best_and_paper_over_three_seeds_on_the_test_split(root, study):
+    lines = study.markdown.splitlines()
+    assert "over 3 seeds: 0, 1, 2" in study.markdown
+    assert "top-1 gain over paper defaults" in lines[0]
+    rows = [line for line in lines if line.startswith("| Student")]
+    assert [r.split(" | ")[2] for r in rows] == ["0.0", "0.3", "0.6"] * 2
+    assert all(r.startswith("| Student (paper defaults)") for r in rows[:3])
+    finish = tracking.child_runs(f"sqlite:///{root / 'mlflow.db'}", study.run_id, "tags.`study.stage` = 'finish'")
+    assert len(finish) == 6
+    paper = [r for r in finish if "paper" in r.info.run_name]
+    assert {r.data.params["loss.grouping"] for r in paper} == {PAPER_SETTINGS["loss.grouping"]}
+    assert {r.data.params["data.val_fraction"] for r in finish} == {"0.0"}  # the whole training split
+    assert {a.path for a in client(root).list_artifacts(study.run_id, "results")} == {"results/results.md",
+                                                                                     "results/results.csv"}
+
+
+def test_a_study_is_not_started_over_by_accident(root, study):
+    with pytest.raises(StudyExistsError, match="--resume"):
+        run_study(load_study(str(study_file(root, "tiny"))), say=lambda line: None)
+
+
+def test_killed_study_resumes_keeping_completed_trials(root, study):
+    """The driver is killed (SIGKILL) once two trials have completed; --resume ends with 4 trials, the first two
+    neither re-run nor duplicated in MLflow."""
+    import ray
+
+    teacher = study.folder / "ray" / "tiny-teacher" / "final"
+    config = study_file(root, "killed", finish="[]", teacher=str(teacher))
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "TUNE_GLOBAL_CHECKPOINT_S": "0",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    driver = subprocess.Popen([sys.executable, "-m", "tuning.study", "--config", str(config)], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            parent = tracking.unfinished_run(uri, "partkd/synth-3", "study-killed")
+            done = [r for r in trial_runs(root, parent) if "state" in r.data.tags] if parent else []
+            if len(done) >= 2 or driver.poll() is not None:
+                break
+            time.sleep(1)
+        time.sleep(2)  # the experiment state is saved each step (TUNE_GLOBAL_CHECKPOINT_S=0)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    assert len(done) >= 2, "the driver ended before two trials completed"
+    before = {r.info.run_id: r.data.tags["state"] for r in done}
+
+    resumed = run_study(load_study(str(config)), resume=True, say=lambda line: None)
+    assert resumed.run_id == parent  # the same parent run, continued
+    runs = trial_runs(root, parent)
+    assert len(runs) == 4 and len(resumed.trials) == 4
+    for run in runs:
+        if run.info.run_id in before:  # kept, not trained again: its epochs logged once each
+            assert run.data.tags["state"] == before[run.info.run_id]
+            steps = [m.step for m in client(root).get_metric_history(run.info.run_id, "val/top1")]
+            assert steps == sorted(set(steps))

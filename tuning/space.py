@@ -1,0 +1,111 @@
+"""A study's settings: what to search (ranges from the config file), how many trials, how many at once (DESIGN §10).
+
+A study file has three tables: ``[study]`` (:class:`StudyConfig`), ``[space]`` (one entry per searched setting of the
+job, named ``section.key`` as in ``--set``) and ``[job]`` (the student job's overrides, as in ``partkd train``)::
+
+    [space]
+    "loss.alpha" = { log_uniform = [0.1, 10.0] }
+    "loss.w" = { uniform = [0.0, 1.0] }
+    "loss.grouping" = { choice = "groupings" }   # every registered part grouping; or a list of names
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import optuna
+
+from partkd.layouts import GROUPINGS, get_grouping
+from partkd.train.config import JobConfig, TrainConfig, load_config, read_settings_file
+
+TRIAL_DRIVER_CPUS = 0.01  # a trial only drives its Ray Train run: it must not hold a core the workers need
+DATA_CPUS = 1.0  # left to Ray Data's read and transform tasks when the concurrency is derived from the cluster
+METRIC = "val/top1"  # student top-1 on the validation slice of the training split
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = "study"
+    storage: str = "runs/studies"  # the study's folder is <storage>/<name>: Tune experiments, Train runs, data
+    trials: int = 24
+    max_concurrent: int = 0  # 0: as many as the cluster's CPUs (and GPUs) hold, see max_concurrent_trials
+    seed: int = 0  # TPE's sampler
+    asha: bool = True  # stop poor trials early (ASHA on epochs); false: every trial runs all its epochs
+    grace_epochs: int = 2  # ASHA: no trial is stopped before this many epochs
+    reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
+    finish_seeds: tuple[int, ...] = (0, 1, 2)  # the best config and the paper's are trained again with these seeds
+    teacher_checkpoint: str = ""  # reuse this teacher; empty: train one for the study
+    synth_samples: int = 0  # > 0: synthesize the dataset at job data.path if it is not there (synthetic benchmark)
+    synth_classes: int = 12
+    synth_seed: int = 0
+
+
+@dataclass(frozen=True)
+class Study:
+    config: StudyConfig
+    space: dict[str, optuna.distributions.BaseDistribution]  # "section.key" -> distribution
+    job: JobConfig = field(default_factory=JobConfig)  # the students' job; val_fraction > 0 during the search
+
+
+def _distribution(key: str, spec: dict) -> optuna.distributions.BaseDistribution:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ValueError(f"space.{key}: expected one of {{log_uniform = [lo, hi]}}, {{uniform = [lo, hi]}}, "
+                         f"{{choice = [...]}}, got {spec!r}")
+    (kind, values), = spec.items()
+    if kind in ("uniform", "log_uniform"):
+        low, high = (float(v) for v in values)
+        if not low < high or (kind == "log_uniform" and low <= 0):
+            raise ValueError(f"space.{key}: {kind} needs 0 {'< ' if kind == 'log_uniform' else ''}lo < hi, "
+                             f"got {values}")
+        return optuna.distributions.FloatDistribution(low, high, log=kind == "log_uniform")
+    if kind == "choice":
+        choices = sorted(GROUPINGS) if values == "groupings" else list(values)
+        if key == "loss.grouping":
+            [get_grouping(c) for c in choices]  # an unknown name fails here, naming the known ones
+        return optuna.distributions.CategoricalDistribution(choices)
+    raise ValueError(f"space.{key}: unknown kind {kind!r}; known: uniform, log_uniform, choice")
+
+
+def parse_space(table: dict) -> dict[str, optuna.distributions.BaseDistribution]:
+    """``[space]`` as Optuna distributions; every key must be a setting of the job."""
+    known = JobConfig().flat()
+    space = {}
+    for key, spec in table.items():
+        if key not in known:
+            raise ValueError(f"space.{key}: not a job setting; known: {', '.join(sorted(known))}")
+        space[key] = _distribution(key, spec)
+    return space
+
+
+def load_study(path: str, sets: list[str] = ()) -> Study:
+    """A study file; ``sets`` (``section.key=value``) override its ``[job]``."""
+    table = read_settings_file(path)
+    unknown = sorted(set(table) - {"study", "space", "job"})
+    if unknown:
+        raise ValueError(f"{path}: unknown table [{unknown[0]}]; a study file has [study], [space] and [job]")
+    names = {f.name for f in fields(StudyConfig)}
+    bad = sorted(set(table.get("study", {})) - names)
+    if bad:
+        raise ValueError(f"{path}: unknown setting study.{bad[0]}; known: {', '.join(sorted(names))}")
+    study = table.get("study", {})
+    config = StudyConfig(**{**study, "finish_seeds": tuple(study.get("finish_seeds", StudyConfig.finish_seeds))})
+    space = parse_space(table.get("space", {}))
+    if not space:
+        raise ValueError(f"{path}: [space] names no setting to search")
+    return Study(config, space, load_config(table=table.get("job", {}), sets=sets))
+
+
+def max_concurrent_trials(resources: dict[str, float], train: TrainConfig) -> int:
+    """Trials that fit in the cluster at once: each takes its workers' CPUs (and whole GPUs) plus its driver's share,
+    after :data:`DATA_CPUS` for Ray Data; at least one."""
+    per_trial_cpus = TRIAL_DRIVER_CPUS + train.num_workers * train.cpus_per_worker
+    fits = math.floor((resources.get("CPU", 0.0) - DATA_CPUS) / per_trial_cpus + 1e-9)
+    if train.use_gpu:
+        fits = min(fits, math.floor(resources.get("GPU", 0.0) / train.num_workers))
+    return max(1, fits)
+
+
+def to_settings(params: dict) -> list[str]:
+    """A trial's sampled values as ``section.key=value`` strings for ``load_config``."""
+    return [f"{key}={value}" for key, value in params.items()]

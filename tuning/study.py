@@ -1,0 +1,345 @@
+"""A distributed hyperparameter study of the student (DESIGN §10): Ray Tune + Optuna over the distillation settings.
+
+    python -m tuning.study --config tuning/configs/synthetic.toml [--smoke-test] [--resume] [--set k=v ...]
+
+Stages, all under one MLflow parent run ``study-<name>``:
+
+1. the teacher, trained once (or given) and E computed once per part grouping the search can pick;
+2. the search: ``Tuner(run_trial)``, each trial a Ray Train student job (its driver function builds the
+   ``TorchTrainer`` with a deterministic run name and a ``TuneReportCallback``), TPE (``OptunaSearch``, seeded) behind a
+   ``ConcurrencyLimiter``, ASHA on epochs; the objective is top-1 on a validation slice of the training split;
+3. the finish: the best config and the paper's defaults trained again with several seeds on the whole training
+   split and evaluated on the test split at each OP (mean ± std).
+
+Every stage is resumable: ``--resume`` restores the Tune experiments (errored trials restarted) and reuses the teacher,
+E, the parent run and every trial's Ray Train run and MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import ray
+import ray.tune
+from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+from partkd import tracking
+from partkd.data.shards import load_info
+from partkd.data.synth import SynthConfig
+from partkd.train.config import JobConfig, LossConfig, load_config
+from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher
+from partkd.train.jobs import absolute_paths, ensure_ray, train_student, train_teacher
+from partkd.train.study import summarise
+from tuning.plots import log_search_plots
+from tuning.space import METRIC, TRIAL_DRIVER_CPUS, Study, StudyConfig, load_study, max_concurrent_trials, to_settings
+
+# The paper's distillation settings (Sec. 4.1): the baseline the best config is compared with. alpha and the rest of
+# the job stay as the study's [job] sets them.
+PAPER_SETTINGS = {f"loss.{key}": getattr(LossConfig(), key) for key in ("w", "tau", "grouping")}
+
+# --smoke-test: the same stages on a tiny synthetic dataset in about as long as the pipeline's smoke preset.
+SMOKE_STUDY = dict(trials=4, grace_epochs=1, synth_samples=192, synth_classes=6, teacher_checkpoint="")
+SMOKE_JOB = ["data.path=", "data.frames=24", "data.batch_size=16", "data.val_fraction=0.2", "model.base_channels=8",
+             "model.stage_blocks=1,1,1", "model.dropout=0.1", "train.epochs=3", "train.milestones=10",
+             "train.num_workers=1"]
+
+
+class StudyExistsError(RuntimeError):
+    """The study's folder already holds a search; resume it or name another study."""
+
+
+def train_run_folder(base: dict, config: dict, trial_id: str) -> Path:
+    """The Ray Train run of a trial: named after the trial (never a timestamp), so a restored trial resumes it."""
+    run = config["finish"]["run"] if "finish" in config else f"trial-{trial_id}"
+    return Path(base["train"]["storage_path"]) / f"{base['train']['name']}-{run}"
+
+
+def run_trial(config: dict, base: dict, part_matrices: dict[str, str]) -> None:
+    """A trial's driver function: one student job with the trial's settings, each epoch reported to Tune.
+
+    A search trial's ``config`` is its sampled settings; a finish trial's is ``{"finish": {"run", "settings"}}``.
+    """
+    trial_id = ray.tune.get_context().get_trial_id()
+    finish = config.get("finish")
+    settings, stage = (finish["settings"], "finish") if finish else (config, "trial")
+    folder = train_run_folder(base, config, trial_id)
+    job = load_config(JobConfig.from_dict(base), sets=to_settings(settings))
+    job = replace(job, part_matrix=part_matrices[job.loss.grouping], train=replace(job.train, name=folder.name))
+    train_student(job, say=lambda line: None, tags={"study.stage": stage, "trial_id": trial_id},
+                  callbacks=[TuneReportCallback(), RecordPlacementGroup(folder / PLACEMENT_GROUP_FILE)])
+
+
+PLACEMENT_GROUP_FILE = "placement_group.id"
+
+
+class RecordPlacementGroup(WorkerGroupCallback):
+    """Writes the id of the Train run's placement group where the study's driver finds it.
+
+    A trial that ASHA stops is killed with its Train controller, which then cannot remove its workers' placement
+    group; Ray Train's own cleaner needs the State API (the dashboard), which a core install lacks. Without a release
+    the workers' CPUs stay reserved and the next trials' Ray Data tasks wait for ever.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def after_worker_group_start(self, worker_group) -> None:
+        group = worker_group.get_worker_group_state().placement_group_handle.placement_group
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(group.id.hex())
+
+
+def release_placement_group(folder: Path) -> None:
+    """Remove the placement group a trial's Train run recorded in ``folder``, unless it is gone already."""
+    record = folder / PLACEMENT_GROUP_FILE
+    if not record.exists():
+        return
+    group = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(record.read_text())))
+    if placement_group_table(group).get("state") not in (None, "REMOVED"):
+        remove_placement_group(group)
+
+
+class TrialRuns(ray.tune.Callback):
+    """Ends each trial's MLflow run with its state (completed, early-stopped by ASHA, errored) and releases its
+    workers' placement group. Runs on the study's driver: a trial stopped early is killed mid-job, so its own driver
+    can do neither.
+    """
+
+    def __init__(self, uri: str, parent_run_id: str, base: dict):
+        self.uri, self.parent_run_id, self.base = uri, parent_run_id, base
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        done = (trial.last_result or {}).get("epochs_done", 0)
+        self._end(trial, "completed" if done >= self.base["train"]["epochs"] else "early-stopped", "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "errored", "FAILED")
+
+    def _end(self, trial, state: str, status: str) -> None:
+        release_placement_group(train_run_folder(self.base, trial.config, trial.trial_id))
+        for run in tracking.child_runs(self.uri, self.parent_run_id, f"tags.trial_id = '{trial.trial_id}'"):
+            tracking.set_tags(self.uri, run.info.run_id, {"state": state})
+            tracking.end_run(self.uri, run.info.run_id, status)
+
+
+@dataclass
+class StudyResult:
+    run_id: str  # the MLflow parent
+    best: dict  # the best trial's settings
+    best_metric: float  # its validation top-1
+    trials: list[dict]  # trial id, state, epochs, metric, settings
+    markdown: str  # the finish table ("" without finish seeds)
+    folder: Path
+
+
+def run_study(study: Study, resume: bool = False, say: Callable[[str], None] = print) -> StudyResult:
+    """Teacher and E, the search, the finish; see the module docstring."""
+    cfg = study.config
+    folder = Path(cfg.storage).resolve() / cfg.name
+    if (folder / "search").exists() and not resume:
+        raise StudyExistsError(f"{folder} already holds study {cfg.name!r}: resume it with --resume, or rename it")
+    job = _study_job(study, folder)
+    info = load_info(job.data.path)
+    ensure_ray()
+    params = {**job.flat(), **{f"space.{k}": repr(v) for k, v in study.space.items()},
+              **{f"study.{k}": v for k, v in cfg.__dict__.items()}}
+    parent = tracking.start_run(job.tracking_uri, f"partkd/{info['name']}", f"study-{cfg.name}", params,
+                                {"kind": "study", "dataset_fingerprint": info["fingerprint"]}, resume_unfinished=True)
+    job = replace(job, parent_run_id=parent)
+    try:
+        result = _stages(study, job, info, folder, say)
+    except BaseException:
+        tracking.end_run(job.tracking_uri, parent, "FAILED")
+        raise
+    tracking.end_run(job.tracking_uri, parent)
+    result.run_id = parent
+    return result
+
+
+def _study_job(study: Study, folder: Path) -> JobConfig:
+    """The students' job: Train runs under the study folder, MLflow URI fixed, a synthetic dataset made if asked."""
+    cfg, job = study.config, study.job
+    if cfg.synth_samples and not job.data.path:
+        job = replace(job, data=replace(job.data, path=str(folder / "data")))
+    if cfg.synth_samples and not (Path(job.data.path) / "dataset.json").exists():
+        from partkd.cli import synthesize
+
+        synthesize(Path(job.data.path), SynthConfig(samples=cfg.synth_samples, classes=cfg.synth_classes,
+                                                    frames=job.data.frames, seed=cfg.synth_seed),
+                   overwrite=True, quiet=True)
+    if job.data.val_fraction == 0.0:
+        raise ValueError("a study validates on a slice of the training split, never the test split: "
+                         "set data.val_fraction in its [job]")
+    job = replace(job, tracking_uri=job.tracking_uri or tracking.tracking_uri(),
+                  train=replace(job.train, storage_path=str(folder / "ray"), name=cfg.name))
+    return absolute_paths(job)
+
+
+def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> StudyResult:
+    cfg = study.config
+    teacher = _teacher(cfg, job, say)
+    groupings = sorted({job.loss.grouping, PAPER_SETTINGS["loss.grouping"],
+                        *getattr(study.space.get("loss.grouping"), "choices", ())})
+    say(f"part matrices E ({', '.join(groupings)}) from the teacher's occlusion tests")
+    matrices = {g: str(part_matrix_for_teacher(teacher, job.data.path, job.data.protocol, g, frames=job.data.frames,
+                                               persons=job.data.persons)) for g in groupings}
+    for matrix in matrices.values():
+        tracking.log_artifacts(job.tracking_uri, job.parent_run_id, matrix, "part_matrix")
+    job = replace(job, teacher_checkpoint=str(teacher))
+    concurrent = cfg.max_concurrent or max_concurrent_trials(ray.cluster_resources(), job.train)
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base=job.to_dict(),
+                                                                 part_matrices=matrices),
+                                        {"CPU": TRIAL_DRIVER_CPUS})
+    trial_runs = TrialRuns(job.tracking_uri, job.parent_run_id, job.to_dict())
+
+    say(f"search: {cfg.trials} trials, {concurrent} at a time, objective {METRIC} on "
+        f"{job.data.val_fraction:g} of the training split, {'ASHA' if cfg.asha else 'no early stopping'}")
+    scheduler = (ASHAScheduler(time_attr="epochs_done", max_t=job.train.epochs, grace_period=cfg.grace_epochs,
+                               reduction_factor=cfg.reduction_factor) if cfg.asha else FIFOScheduler())
+    searcher = ConcurrencyLimiter(OptunaSearch(space=study.space, metric=METRIC, mode="max", seed=cfg.seed),
+                                  max_concurrent=concurrent)
+    search = _fit(folder / "search", trainable, lambda: ray.tune.Tuner(
+        trainable, tune_config=ray.tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher,
+                                                   scheduler=scheduler, num_samples=cfg.trials),
+        run_config=ray.tune.RunConfig(name="search", storage_path=str(folder), callbacks=[trial_runs],
+                                      failure_config=ray.tune.FailureConfig(max_failures=0))))
+    trials = _trial_table(search, study, job.train.epochs)
+    best = search.get_best_result(metric=METRIC, mode="max", scope="last")
+    best_settings = {k: best.config[k] for k in study.space}
+    _log_search(job, study, trials, best_settings, best.metrics[METRIC], folder)
+    say(f"best of {len(trials)} trials: {METRIC} {best.metrics[METRIC]:.4f} with {best_settings}")
+
+    markdown = ""
+    if cfg.finish_seeds:
+        markdown = _finish(cfg, job, info, trainable, trial_runs, concurrent, best_settings, study, folder, say)
+    return StudyResult("", best_settings, best.metrics[METRIC], trials, markdown, folder)
+
+
+def _teacher(cfg: StudyConfig, job: JobConfig, say) -> Path:
+    """The given teacher, the study's own if trained already, or a new one (validated on the same slice)."""
+    if cfg.teacher_checkpoint:
+        return Path(cfg.teacher_checkpoint).resolve()
+    name = f"{cfg.name}-teacher"
+    final = Path(job.train.storage_path) / name / "final"
+    if (final / "meta.json").exists():
+        say(f"teacher: reusing {final}")
+        return final
+    say(f"teacher: ST-GCN on HQ skeletons, {job.train.epochs} epochs")
+    return train_teacher(replace(job, train=replace(job.train, name=name)), say, tags={"study.stage": "teacher"}
+                         ).checkpoint
+
+
+def _fit(path: Path, trainable, make_tuner: Callable[[], ray.tune.Tuner]) -> ray.tune.ResultGrid:
+    """Fit a new Tune experiment, or restore the one at ``path``: finished trials kept, errored ones restarted."""
+    if ray.tune.Tuner.can_restore(path):
+        return ray.tune.Tuner.restore(str(path), trainable, restart_errored=True).fit()
+    return make_tuner().fit()
+
+
+def _trial_table(results: ray.tune.ResultGrid, study: Study, epochs: int) -> list[dict]:
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        done = metrics.get("epochs_done", 0)
+        state = "errored" if result.error else "completed" if done >= epochs else "early-stopped"
+        rows.append({"trial_id": metrics.get("trial_id", ""),
+                     "state": state, "epochs": done, METRIC: metrics.get(METRIC, float("nan")),
+                     **{k: result.config.get(k) for k in study.space}})
+    return rows
+
+
+def _log_search(job: JobConfig, study: Study, trials: list[dict], best: dict, best_metric: float,
+                folder: Path) -> None:
+    """The parent's record of the search: best config (file and tags), trial table, Optuna plots."""
+    uri, parent = job.tracking_uri, job.parent_run_id
+    tracking.set_tags(uri, parent, {f"best.{k}": v for k, v in best.items()})
+    tracking.log_metrics(uri, parent, {f"best/{METRIC}": best_metric,
+                                       "search/trials": len(trials),
+                                       "search/early_stopped": sum(t["state"] == "early-stopped" for t in trials),
+                                       "search/epochs": sum(t["epochs"] for t in trials)})
+    out = folder / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "best_config.json").write_text(json.dumps({"settings": best, METRIC: best_metric}, indent=2))
+    keys = list(trials[0]) if trials else []
+    lines = [",".join(keys)] + [",".join(str(t[k]) for k in keys) for t in trials]
+    (out / "trials.csv").write_text("\n".join(lines) + "\n")
+    log_search_plots(trials, study.space, METRIC, out)
+    tracking.log_artifacts(uri, parent, out, "search")
+
+
+def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs: TrialRuns, concurrent: int, best: dict,
+            study: Study, folder: Path, say) -> str:
+    """The best config and the paper's, each trained with every finish seed on the whole training split and
+    evaluated on the test split at each OP; the table (mean ± std, gains over the paper's) goes to the parent."""
+    paper = {**{k: job.flat()[k] for k in study.space}, **PAPER_SETTINGS}
+    runs = [{"run": f"finish-{label}-seed{seed}", "label": label,
+             "settings": {**settings, "train.seed": seed, "data.seed": seed, "data.val_fraction": 0.0}}
+            for label, settings in (("best", best), ("paper", paper)) for seed in cfg.finish_seeds]
+    say(f"finish: best config and paper defaults, seeds {', '.join(map(str, cfg.finish_seeds))}, "
+        f"evaluated on the test split")
+    results = _fit(folder / "finish", trainable, lambda: ray.tune.Tuner(
+        trainable, param_space={"finish": ray.tune.grid_search(runs)},
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrent),
+        # a list of its own: Tune adds its progress reporter to the list it is given
+        run_config=ray.tune.RunConfig(name="finish", storage_path=str(folder), callbacks=[trial_runs])))
+    labels = {"best": "Student (best config)", "paper": "Student (paper defaults)"}
+    rows = []
+    for result in results:
+        if result.error:
+            raise RuntimeError(f"finish run {result.config['finish']['run']} failed: {result.error}")
+        spec = result.config["finish"]
+        seed = spec["settings"]["train.seed"]
+        for ev in evaluate_checkpoint(result.metrics["checkpoint_path"], job.data.path, protocol=job.data.protocol,
+                                      occlusion_probs=job.data.eval_occlusion_probs, frames=job.data.frames,
+                                      persons=job.data.persons, seed=seed, occlusion_unit=job.data.occlusion_unit):
+            rows.append({"key": f"student_{spec['label']}", "model": labels[spec["label"]],
+                         "skeleton": f"LQ {info['lq_layout']}", "op": ev.occlusion_prob, "seed": seed,
+                         "top1": ev.top1, "top5": ev.top5})
+    rows.sort(key=lambda r: (r["key"] != "student_paper", r["op"], r["seed"]))
+    markdown, csv = summarise(rows, baseline=("student_paper", "paper defaults"))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "results.md").write_text(markdown)
+        (Path(tmp) / "results.csv").write_text(csv)
+        tracking.log_artifacts(job.tracking_uri, job.parent_run_id, tmp, "results")
+    say("\n" + markdown)
+    return markdown
+
+
+def smoke_study(study: Study) -> Study:
+    """The same stages, tiny: 4 trials of 3 epochs on a small synthetic dataset in its own folder."""
+    config = replace(study.config, name=f"{study.config.name}-smoke", **SMOKE_STUDY)
+    return replace(study, config=config, job=load_config(study.job, sets=SMOKE_JOB))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tuning.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="tuning/configs/synthetic.toml", help="study file ([study] [space] [job])")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a [job] setting")
+    parser.add_argument("--smoke-test", action="store_true", help="4 tiny trials on a small synthetic dataset")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    args = parser.parse_args(argv)
+    try:
+        study = load_study(args.config, list(args.set or []))
+        if args.smoke_test:
+            study = smoke_study(study)
+        result = run_study(study, resume=args.resume, say=lambda line: print(line, flush=True))
+    except (StudyExistsError, ValueError, FileNotFoundError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"study {study.config.name}: MLflow run {result.run_id}; reports in {result.folder / 'report'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
