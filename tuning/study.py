@@ -205,8 +205,11 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> Stud
 
     say(f"search: {cfg.trials} trials, {concurrent} at a time, objective {METRIC} on "
         f"{job.data.val_fraction:g} of the training split, {'ASHA' if cfg.asha else 'no early stopping'}")
+    # stop_last_trials=False: a trial that reaches the last epoch ends by itself (its job finishes its MLflow run and
+    # releases its workers) instead of being stopped mid-way through its last report
     scheduler = (ASHAScheduler(time_attr="epochs_done", max_t=job.train.epochs, grace_period=cfg.grace_epochs,
-                               reduction_factor=cfg.reduction_factor) if cfg.asha else FIFOScheduler())
+                               reduction_factor=cfg.reduction_factor, stop_last_trials=False)
+                 if cfg.asha else FIFOScheduler())
     searcher = ConcurrencyLimiter(OptunaSearch(space=study.space, metric=METRIC, mode="max", seed=cfg.seed),
                                   max_concurrent=concurrent)
     search = _fit(folder / "search", trainable, lambda: ray.tune.Tuner(
