@@ -7,6 +7,8 @@
 # MLflow files and caches stay behind (the cluster reads data and writes runs on its shared storage, named in the
 # study file). MLFLOW_TRACKING_URI is passed on to the job when it is set here; the cluster's nodes need partkd's
 # dependencies installed (the container image), and a dashboard (ray[default]) on the head for job submission.
+# With token authentication on the cluster (RAY_AUTH_MODE=token), the token must be here too: RAY_AUTH_TOKEN or
+# ~/.ray/auth_token.
 set -euo pipefail
 
 address="${RAY_ADDRESS:-http://127.0.0.1:8265}"

@@ -34,9 +34,10 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One real local Ray for the whole test session (each ray.init costs seconds)."""
+    """One real local Ray for the whole test session (each ray.init costs seconds), with its dashboard as in
+    ``partkd.train.jobs.ensure_ray``."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

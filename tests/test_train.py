@@ -182,6 +182,33 @@ def test_frozen_teacher_and_part_matrix_cache_by_temperature(root, teacher, part
     assert other != part_matrix and other.exists() and part_matrix.exists()  # a cached E of T=1 is not returned
 
 
+def test_part_matrix_with_a_validation_slice_leaves_the_slice_out(root, teacher, part_matrix):
+    """A study's E (val_fraction > 0) is computed from the training split less the validation slice, nothing else."""
+    from partkd.data.splits import get_protocol, validation_split
+    from partkd.data.transforms import TransformConfig
+    from partkd.part_matrix import compute_part_matrix
+    from partkd.train.common import load_frozen_teacher, model_input
+    from partkd.train.evaluate import side_batches
+
+    path = str(root / "data")
+    sliced = part_matrix_for_teacher(teacher.checkpoint, path, "xsub", "paper5", frames=16, persons=1,
+                                     val_fraction=0.25, val_seed=1)
+    held_out = validation_split("xsub", path, 0.25, 1)
+    assert sliced != part_matrix and "xsub+val0.25-1" in sliced.name
+    model, meta = load_frozen_teacher(teacher.checkpoint, torch.device("cpu"))
+    layout, cfg = get_layout(meta["layout"]), TransformConfig(frames=16, persons=1, crop="center")
+
+    def batches(splits, split):
+        return [(model_input(torch.from_numpy(x), torch.from_numpy(s), layout), torch.from_numpy(y))
+                for x, s, y in side_batches(path, "hq", layout.name, cfg, 0, splits, split, 32)]
+
+    rows = {split: sum(len(y) for _, y in batches(held_out, split)) for split in ("train", "val")}
+    assert rows["val"] > 0 and rows["train"] + rows["val"] == sum(len(y) for _, y in
+                                                                  batches(get_protocol("xsub"), "train"))
+    expected = compute_part_matrix(model, batches(held_out, "train"), "paper5", layout, meta["num_classes"])
+    assert np.allclose(np.load(sliced), expected.numpy(), atol=1e-6)
+
+
 def test_truncated_shard_fails_fast_naming_the_shard(root):
     broken = root / "broken"
     shutil.copytree(root / "data", broken)

@@ -6,10 +6,16 @@ driver (a subprocess on the session's Ray) after two completed trials and resume
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from partkd import tracking
 from partkd.cli import synthesize
 from partkd.data.synth import SynthConfig
-from partkd.train.config import TrainConfig
+from partkd.train.config import TrainConfig, load_config
 from tuning.space import load_study, max_concurrent_trials, parse_space
 from tuning.study import PAPER_SETTINGS, StudyExistsError, run_study
 
@@ -92,13 +98,30 @@ def test_space_reads_ranges_and_rejects_what_the_job_lacks():
         parse_space({"loss.grouping": {"choice": ["paper5", "elbows3"]}})
 
 
+def test_set_overrides_the_study_or_the_job(tmp_path):
+    path = study_file(tmp_path, "sets")
+    study = load_study(str(path), ["study.trials=12", "study.asha=false", "study.finish_seeds=[1,2,3]", "train.lr=0.2"])
+    assert (study.config.trials, study.config.asha, study.config.finish_seeds) == (12, False, (1, 2, 3))
+    assert study.job.train.lr == 0.2 and study.config.grace_epochs == 2  # the rest as the file says
+    with pytest.raises(ValueError, match="unknown setting study.trails"):
+        load_study(str(path), ["study.trails=3"])
+    with pytest.raises(ValueError, match="study.trials: expected int"):
+        load_study(str(path), ["study.trials=many"])
+
+
 def test_concurrency_follows_cpus_and_whole_gpus():
     # 16 CPUs, less 1 for Ray Data, over (0.01 + 2 x 1) per trial: 7; with GPUs, 4 GPUs / 2 per trial: 2
     assert max_concurrent_trials({"CPU": 16}, TrainConfig(num_workers=2, cpus_per_worker=1)) == 7
     assert max_concurrent_trials({"CPU": 16, "GPU": 4}, TrainConfig(num_workers=2, use_gpu=True)) == 2
-    # the tests' 2 CPUs: (2 - 1) / (0.01 + 0.4) = 2.4 -> 2; never fewer than one
+    # the tests' 2 CPUs: (2 - 1) / (0.01 + 0.4) = 2.4 -> 2; a trial that cannot fit beside Ray Data is an error
     assert max_concurrent_trials({"CPU": 2}, TrainConfig(num_workers=1, cpus_per_worker=0.4)) == 2
-    assert max_concurrent_trials({"CPU": 1}, TrainConfig()) == 1
+    with pytest.raises(ValueError, match="the cluster has 2: lower train.cpus_per_worker"):
+        max_concurrent_trials({"CPU": 2}, TrainConfig(num_workers=1, cpus_per_worker=1))  # 1.01 + 1 > 2
+    # one-worker trials sharing a GPU: 4 per GPU at 0.25 each, CPUs permitting
+    assert max_concurrent_trials({"CPU": 16, "GPU": 1}, TrainConfig(use_gpu=True, gpus_per_worker=0.25)) == 4
+    assert max_concurrent_trials({"CPU": 3, "GPU": 1}, TrainConfig(use_gpu=True, gpus_per_worker=0.25)) == 1
+    with pytest.raises(ValueError, match="DDP ranks must not share a GPU"):
+        load_config(sets=["train.num_workers=2", "train.use_gpu=true", "train.gpus_per_worker=0.5"])
 
 
 def test_study_is_one_parent_with_a_child_run_per_trial(root, study):
@@ -125,6 +148,8 @@ def test_asha_stops_a_trial_early_and_saves_epochs(root, study):
     assert all(t["epochs"] < EPOCHS for t in early)
     metrics = client(root).get_run(study.run_id).data.metrics
     assert metrics["search/epochs"] == sum(t["epochs"] for t in study.trials) < 4 * EPOCHS
+    assert metrics["search/epochs_saved"] == pytest.approx(1 - metrics["search/epochs"] / (4 * EPOCHS))
+    assert metrics["search/trials_per_hour"] == pytest.approx(4 * 3600 / metrics["search/wall_s"])
 
 
 def test_best_config_is_the_best_trial_and_recorded_on_the_parent(root, study):
@@ -196,3 +221,84 @@ def test_killed_study_resumes_keeping_completed_trials(root, study):
             assert run.data.tags["state"] == before[run.info.run_id]
             steps = [m.step for m in client(root).get_metric_history(run.info.run_id, "val/top1")]
             assert steps == sorted(set(steps))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A Ray cluster of its own: ``ray start --head`` plus a second node joined over loopback, token auth on (as Ray
+    2.59+ does by default). Yields the dashboard address and the environment to talk to it; stopped after the test
+    by signalling the two ``ray start --block`` processes (``ray stop`` would stop the tests' Ray too)."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    temp = tempfile.mkdtemp(prefix="rayc", dir="/tmp")  # short: Ray's socket paths live under it
+    gcs, dashboard = free_port(), free_port()
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    env.pop("RAY_ADDRESS", None)
+    common = ["--block", "--num-cpus=3", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    nodes = [subprocess.Popen([ray_cli, "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
+                               "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temp}",
+                               *common], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        nodes.append(subprocess.Popen([ray_cli, "start", f"--address=127.0.0.1:{gcs}", *common], env=env,
+                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        address = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # both nodes alive, seen through the dashboard
+            check = subprocess.run([ray_cli, "list", "nodes", "--address", address, "--format", "json"], env=env,
+                                   capture_output=True, text=True)
+            alive = [n["node_id"] for n in json.loads(check.stdout) if n["state"] == "ALIVE"] if (
+                check.returncode == 0 and check.stdout.startswith("[")) else []  # or "No resource in the cluster"
+            if len(alive) == 2:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail(f"the two-node cluster did not come up: {check.stdout[-1000:]} {check.stderr[-1000:]}")
+        yield address, env, alive
+    finally:
+        for node in reversed(nodes):  # the worker first; each `ray start --block` stops what it started
+            node.send_signal(signal.SIGTERM)
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_job_submit_runs_a_study_across_two_nodes(root, study, two_node_cluster):
+    """``cluster/submit.sh`` (``ray job submit --working-dir .``) against a head and a second node: the job SUCCEEDS,
+    its two trials train on different nodes, their checkpoints land on the shared storage, MLflow has it all."""
+    address, env, node_ids = two_node_cluster
+    teacher = study.folder / "ray" / "tiny-teacher" / "final"
+    config = study_file(root, "cluster", finish="[]", teacher=str(teacher))
+    # two trials of one epoch, one per node: a trial's worker takes 2 of a node's 3 CPUs
+    config.write_text(config.read_text().replace("trials = 4", "trials = 2\nmax_concurrent = 2")
+                      .replace("asha = true", "asha = false").replace("cpus_per_worker = 0.4", "cpus_per_worker = 2")
+                      .replace(f"epochs = {EPOCHS}", "epochs = 1"))
+    for _ in range(30):  # the head's job agent may take a while to accept jobs
+        submit = subprocess.run([str(REPO / "cluster" / "submit.sh"), "--address", address, "--", "--config",
+                                 str(config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in submit.stdout + submit.stderr:
+            break
+        time.sleep(2)
+    job_id = re.search(r"raysubmit_\w+", submit.stdout + submit.stderr)
+    assert submit.returncode == 0 and job_id, submit.stdout[-3000:] + submit.stderr[-3000:]
+    status = subprocess.run([str(Path(sys.executable).with_name("ray")), "job", "status", "--address", address,
+                             job_id.group()], env=env, capture_output=True, text=True)
+    assert "SUCCEEDED" in status.stdout, status.stdout + status.stderr
+
+    parent = client(root).search_runs([client(root).get_experiment_by_name("partkd/synth-3").experiment_id],
+                                      "attributes.run_name = 'study-cluster'")
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    runs = trial_runs(root, parent[0].info.run_id)
+    assert len(runs) == 2 and {r.data.tags["state"] for r in runs} == {"completed"}
+    assert sorted(r.data.tags["ray.node_id"] for r in runs) == sorted(node_ids)  # one trial on each node
+    for run in runs:  # checkpoints on the storage both nodes share
+        folder = root / "studies" / "cluster" / "ray" / run.info.run_name
+        assert list(folder.glob("checkpoint_*/meta.json")), f"no checkpoint in {folder}"

@@ -12,12 +12,12 @@ job, named ``section.key`` as in ``--set``) and ``[job]`` (the student job's ove
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import optuna
 
 from partkd.layouts import GROUPINGS, get_grouping
-from partkd.train.config import JobConfig, TrainConfig, load_config, read_settings_file
+from partkd.train.config import JobConfig, TrainConfig, build_settings, load_config, read_settings_file
 
 TRIAL_DRIVER_CPUS = 0.01  # a trial only drives its Ray Train run: it must not hold a core the workers need
 DATA_CPUS = 1.0  # left to Ray Data's read and transform tasks when the concurrency is derived from the cluster
@@ -79,17 +79,19 @@ def parse_space(table: dict) -> dict[str, optuna.distributions.BaseDistribution]
 
 
 def load_study(path: str, sets: list[str] = ()) -> Study:
-    """A study file; ``sets`` (``section.key=value``) override its ``[job]``."""
+    """A study file; ``sets`` (``section.key=value``) override its ``[study]`` (keys ``study.*``, e.g.
+    ``study.trials=12``) or its ``[job]`` (every other key)."""
     table = read_settings_file(path)
     unknown = sorted(set(table) - {"study", "space", "job"})
     if unknown:
         raise ValueError(f"{path}: unknown table [{unknown[0]}]; a study file has [study], [space] and [job]")
-    names = {f.name for f in fields(StudyConfig)}
-    bad = sorted(set(table.get("study", {})) - names)
-    if bad:
-        raise ValueError(f"{path}: unknown setting study.{bad[0]}; known: {', '.join(sorted(names))}")
-    study = table.get("study", {})
-    config = StudyConfig(**{**study, "finish_seeds": tuple(study.get("finish_seeds", StudyConfig.finish_seeds))})
+    study = dict(table.get("study", {}))
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if sep and key.strip().startswith("study."):
+            study[key.strip().removeprefix("study.")] = value.strip()
+    config = build_settings(StudyConfig, study, "study.")
+    sets = [item for item in sets if not item.partition("=")[0].strip().startswith("study.")]
     space = parse_space(table.get("space", {}))
     if not space:
         raise ValueError(f"{path}: [space] names no setting to search")
@@ -97,12 +99,20 @@ def load_study(path: str, sets: list[str] = ()) -> Study:
 
 
 def max_concurrent_trials(resources: dict[str, float], train: TrainConfig) -> int:
-    """Trials that fit in the cluster at once: each takes its workers' CPUs (and whole GPUs) plus its driver's share,
-    after :data:`DATA_CPUS` for Ray Data; at least one."""
+    """Trials that fit in the cluster at once: each takes its workers' CPUs (and GPUs: whole ones for DDP trials, a
+    ``gpus_per_worker`` share for one-worker trials) plus its driver's share, after :data:`DATA_CPUS` for Ray Data.
+    A trial that cannot fit beside Ray Data is an error (it would wait for ever); with fewer GPUs than a trial needs,
+    one (Ray waits for them, e.g. on an autoscaling cluster)."""
     per_trial_cpus = TRIAL_DRIVER_CPUS + train.num_workers * train.cpus_per_worker
-    fits = math.floor((resources.get("CPU", 0.0) - DATA_CPUS) / per_trial_cpus + 1e-9)
+    cpus = resources.get("CPU", 0.0)
+    fits = math.floor((cpus - DATA_CPUS) / per_trial_cpus + 1e-9)
+    if fits < 1:  # it would wait for ever: Ray Data's read tasks need a whole CPU beside the trial
+        raise ValueError(f"a trial takes {per_trial_cpus:g} CPUs ({train.num_workers} worker(s) x "
+                         f"{train.cpus_per_worker:g} + {TRIAL_DRIVER_CPUS:g} for its driver) and Ray Data needs "
+                         f"{DATA_CPUS:g} more, but the cluster has {cpus:g}: lower train.cpus_per_worker or "
+                         "train.num_workers, or set study.max_concurrent if the cluster will grow")
     if train.use_gpu:
-        fits = min(fits, math.floor(resources.get("GPU", 0.0) / train.num_workers))
+        fits = min(fits, math.floor(resources.get("GPU", 0.0) / (train.num_workers * train.gpus_per_worker) + 1e-9))
     return max(1, fits)
 
 

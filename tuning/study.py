@@ -21,18 +21,17 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ray
 import ray.tune
-from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
-from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from partkd import tracking
 from partkd.data.shards import load_info
@@ -77,43 +76,13 @@ def run_trial(config: dict, base: dict, part_matrices: dict[str, str]) -> None:
     job = load_config(JobConfig.from_dict(base), sets=to_settings(settings))
     job = replace(job, part_matrix=part_matrices[job.loss.grouping], train=replace(job.train, name=folder.name))
     train_student(job, say=lambda line: None, tags={"study.stage": stage, "trial_id": trial_id},
-                  callbacks=[TuneReportCallback(), RecordPlacementGroup(folder / PLACEMENT_GROUP_FILE)])
-
-
-PLACEMENT_GROUP_FILE = "placement_group.id"
-
-
-class RecordPlacementGroup(WorkerGroupCallback):
-    """Writes the id of the Train run's placement group where the study's driver finds it.
-
-    A trial that ASHA stops is killed with its Train controller, which then cannot remove its workers' placement
-    group; Ray Train's own cleaner needs the State API (the dashboard), which a core install lacks. Without a release
-    the workers' CPUs stay reserved and the next trials' Ray Data tasks wait for ever.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def after_worker_group_start(self, worker_group) -> None:
-        group = worker_group.get_worker_group_state().placement_group_handle.placement_group
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(group.id.hex())
-
-
-def release_placement_group(folder: Path) -> None:
-    """Remove the placement group a trial's Train run recorded in ``folder``, unless it is gone already."""
-    record = folder / PLACEMENT_GROUP_FILE
-    if not record.exists():
-        return
-    group = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(record.read_text())))
-    if placement_group_table(group).get("state") not in (None, "REMOVED"):
-        remove_placement_group(group)
+                  callbacks=[TuneReportCallback()])
 
 
 class TrialRuns(ray.tune.Callback):
-    """Ends each trial's MLflow run with its state (completed, early-stopped by ASHA, errored) and releases its
-    workers' placement group. Runs on the study's driver: a trial stopped early is killed mid-job, so its own driver
-    can do neither.
+    """Ends each trial's MLflow run with its state (completed, early-stopped by ASHA, errored). Runs on the study's
+    driver: a trial stopped early is killed mid-job, so its own driver cannot. (Its workers' placement group is
+    removed by Ray Train's cleaner, which needs the State API: ``ray[default]``.)
     """
 
     def __init__(self, uri: str, parent_run_id: str, base: dict):
@@ -127,7 +96,6 @@ class TrialRuns(ray.tune.Callback):
         self._end(trial, "errored", "FAILED")
 
     def _end(self, trial, state: str, status: str) -> None:
-        release_placement_group(train_run_folder(self.base, trial.config, trial.trial_id))
         for run in tracking.child_runs(self.uri, self.parent_run_id, f"tags.trial_id = '{trial.trial_id}'"):
             tracking.set_tags(self.uri, run.info.run_id, {"state": state})
             tracking.end_run(self.uri, run.info.run_id, status)
@@ -193,7 +161,8 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> Stud
                         *getattr(study.space.get("loss.grouping"), "choices", ())})
     say(f"part matrices E ({', '.join(groupings)}) from the teacher's occlusion tests")
     matrices = {g: str(part_matrix_for_teacher(teacher, job.data.path, job.data.protocol, g, frames=job.data.frames,
-                                               persons=job.data.persons)) for g in groupings}
+                                               persons=job.data.persons, val_fraction=job.data.val_fraction,
+                                               val_seed=job.data.val_seed)) for g in groupings}
     for matrix in matrices.values():
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, matrix, "part_matrix")
     job = replace(job, teacher_checkpoint=str(teacher))
@@ -212,6 +181,7 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> Stud
                  if cfg.asha else FIFOScheduler())
     searcher = ConcurrencyLimiter(OptunaSearch(space=study.space, metric=METRIC, mode="max", seed=cfg.seed),
                                   max_concurrent=concurrent)
+    started = time.monotonic()
     search = _fit(folder / "search", trainable, lambda: ray.tune.Tuner(
         trainable, tune_config=ray.tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher,
                                                    scheduler=scheduler, num_samples=cfg.trials),
@@ -220,8 +190,10 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> Stud
     trials = _trial_table(search, study, job.train.epochs)
     best = search.get_best_result(metric=METRIC, mode="max", scope="last")
     best_settings = {k: best.config[k] for k in study.space}
-    _log_search(job, study, trials, best_settings, best.metrics[METRIC], folder)
+    cost = _log_search(job, study, trials, best_settings, best.metrics[METRIC], folder, time.monotonic() - started)
     say(f"best of {len(trials)} trials: {METRIC} {best.metrics[METRIC]:.4f} with {best_settings}")
+    say(f"search: {cost['search/trials_per_hour']:.1f} trials/hour, {cost['search/early_stopped']} stopped early, "
+        f"{cost['search/epochs_saved']:.0%} of the epochs saved")
 
     markdown = ""
     if cfg.finish_seeds:
@@ -263,14 +235,21 @@ def _trial_table(results: ray.tune.ResultGrid, study: Study, epochs: int) -> lis
 
 
 def _log_search(job: JobConfig, study: Study, trials: list[dict], best: dict, best_metric: float,
-                folder: Path) -> None:
-    """The parent's record of the search: best config (file and tags), trial table, Optuna plots."""
+                folder: Path, seconds: float) -> dict:
+    """The parent's record of the search: best config (file and tags), trial table, Optuna plots, and its cost:
+    trials per hour of this invocation's search (a resumed one counts only its own leg) and the share of epochs that
+    early stopping saved against running every trial to the end."""
     uri, parent = job.tracking_uri, job.parent_run_id
+    epochs = sum(t["epochs"] for t in trials)
     tracking.set_tags(uri, parent, {f"best.{k}": v for k, v in best.items()})
-    tracking.log_metrics(uri, parent, {f"best/{METRIC}": best_metric,
-                                       "search/trials": len(trials),
-                                       "search/early_stopped": sum(t["state"] == "early-stopped" for t in trials),
-                                       "search/epochs": sum(t["epochs"] for t in trials)})
+    metrics = {f"best/{METRIC}": best_metric,
+               "search/trials": len(trials),
+               "search/early_stopped": sum(t["state"] == "early-stopped" for t in trials),
+               "search/epochs": epochs,
+               "search/epochs_saved": 1.0 - epochs / (len(trials) * job.train.epochs),
+               "search/wall_s": seconds,
+               "search/trials_per_hour": 3600.0 * len(trials) / seconds}
+    tracking.log_metrics(uri, parent, metrics)
     out = folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     (out / "best_config.json").write_text(json.dumps({"settings": best, METRIC: best_metric}, indent=2))
@@ -279,6 +258,7 @@ def _log_search(job: JobConfig, study: Study, trials: list[dict], best: dict, be
     (out / "trials.csv").write_text("\n".join(lines) + "\n")
     log_search_plots(trials, study.space, METRIC, out)
     tracking.log_artifacts(uri, parent, out, "search")
+    return metrics
 
 
 def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs: TrialRuns, concurrent: int, best: dict,
@@ -328,7 +308,8 @@ def smoke_study(study: Study) -> Study:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tuning.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="tuning/configs/synthetic.toml", help="study file ([study] [space] [job])")
-    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a [job] setting")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="override a [study] setting (study.trials=12) or a [job] one (train.epochs=5)")
     parser.add_argument("--smoke-test", action="store_true", help="4 tiny trials on a small synthetic dataset")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
     args = parser.parse_args(argv)

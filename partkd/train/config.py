@@ -65,6 +65,7 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0  # leave CPUs for Ray Data: on a 2-core laptop, 2 workers x 0.5
+    gpus_per_worker: float = 1.0  # with use_gpu; a fraction (< 1) lets one-worker jobs (study trials) share a GPU
     bf16: bool = True  # autocast on GPU
     max_failures: int = 1
     storage_path: str = "runs/ray"
@@ -89,6 +90,12 @@ class JobConfig:
             raise ValueError(f"loss.objective must be one of {', '.join(OBJECTIVES)}, got {self.loss.objective!r}")
         if self.loss.hq_source not in HQ_SOURCES:
             raise ValueError(f"loss.hq_source must be one of {', '.join(HQ_SOURCES)}, got {self.loss.hq_source!r}")
+        if not 0.0 < self.train.gpus_per_worker <= 1.0:
+            raise ValueError(f"train.gpus_per_worker must be in (0, 1], got {self.train.gpus_per_worker}")
+        if self.train.gpus_per_worker < 1.0 and self.train.num_workers > 1:
+            raise ValueError(f"train.gpus_per_worker={self.train.gpus_per_worker:g} with {self.train.num_workers} "
+                             "workers: DDP ranks must not share a GPU (NCCL needs one GPU per rank); a fraction is "
+                             "for one-worker jobs only")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
 
@@ -97,7 +104,7 @@ class JobConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> JobConfig:
-        return _build(cls, values, "")
+        return build_settings(cls, values, "")
 
     def flat(self) -> dict[str, object]:
         """``section.key`` -> value, for MLflow params."""
@@ -116,7 +123,7 @@ def _coerce(tp, value, where: str):
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a table of settings, got {value!r}")
-        return _build(tp, value, where + ".")
+        return build_settings(tp, value, where + ".")
     if origin is tuple:
         inner = typing.get_args(tp)[0]
         if isinstance(value, str):
@@ -136,7 +143,9 @@ def _coerce(tp, value, where: str):
         raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
 
 
-def _build(cls, values: dict, prefix: str):
+def build_settings(cls, values: dict, prefix: str):
+    """The dataclass ``cls`` from a table of settings (strings coerced to the annotated types); an unknown key is an
+    error naming it and the known ones, each prefixed with ``prefix``."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)

@@ -13,18 +13,20 @@ import numpy as np
 import torch
 
 from partkd.data.shards import decode_side, iter_batches, load_info
-from partkd.data.splits import split_filter
+from partkd.data.splits import Protocol, get_protocol, validation_split
 from partkd.data.transforms import TransformConfig, transform_batch
 from partkd.layouts import get_grouping, get_layout
 from partkd.part_matrix import compute_part_matrix, save_part_matrix
 from partkd.train.common import load_frozen_teacher, load_model, model_input
 
 
-def side_batches(path: str, side: str, layout_name: str, cfg: TransformConfig, seed: int, protocol: str,
+def side_batches(path: str, side: str, layout_name: str, cfg: TransformConfig, seed: int, protocol: str | Protocol,
                  split: str, batch_size: int = 64):
-    """``(x, score, labels)`` numpy batches of one side of a split, transformed with per-sample randomness."""
+    """``(x, score, labels)`` numpy batches of one side of a split (of a protocol, or of a split object such as a
+    :func:`~partkd.data.splits.validation_split`), transformed with per-sample randomness."""
     layout = get_layout(layout_name)
-    for batch, _, file in iter_batches(path, filter=split_filter(protocol, split), batch_size=batch_size):
+    splits = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    for batch, _, file in iter_batches(path, filter=splits.filter(split), batch_size=batch_size):
         rows = decode_side(batch, side, layout, file)
         ids = batch.column("sample_id").to_pylist()
         labels = batch.column("label").to_numpy()
@@ -96,12 +98,18 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
 
 def part_matrix_for_teacher(teacher_checkpoint: str | Path, data_path: str, protocol: str, grouping: str,
                             frames: int = 300, persons: int = 2, batch_size: int = 32, temperature: float = 1.0,
-                            device: str = "cpu", overwrite: bool = False) -> Path:
+                            device: str = "cpu", overwrite: bool = False, val_fraction: float = 0.0,
+                            val_seed: int = 0) -> Path:
     """E for (teacher, grouping) from the HQ training samples, cached beside the checkpoint as .npy + heatmap PNG.
 
-    The cache file names every input that changes E: grouping, temperature, protocol, frames and persons.
+    With ``val_fraction`` the seeded validation slice (as in ``data.val_fraction``) is left out, so a study's
+    objective is measured on samples that shaped neither the teacher nor E. The cache file names every input that
+    changes E: grouping, temperature, protocol (and slice), frames and persons.
     """
-    target = Path(teacher_checkpoint) / f"part_matrix_{grouping}_t{temperature:g}_{protocol}_T{frames}_M{persons}.npy"
+    splits = (validation_split(protocol, data_path, val_fraction, val_seed) if val_fraction
+              else get_protocol(protocol))
+    name = f"part_matrix_{grouping}_t{temperature:g}_{splits.name}_T{frames}_M{persons}.npy"
+    target = Path(teacher_checkpoint) / name
     if target.exists() and not overwrite:
         return target
     teacher, meta = load_frozen_teacher(teacher_checkpoint, torch.device(device))
@@ -112,7 +120,7 @@ def part_matrix_for_teacher(teacher_checkpoint: str | Path, data_path: str, prot
     cfg = TransformConfig(frames=frames, persons=persons, crop="center")
     batches = (
         (model_input(torch.from_numpy(x), torch.from_numpy(score), layout), torch.from_numpy(labels))
-        for x, score, labels in side_batches(data_path, "hq", layout.name, cfg, 0, protocol, "train", batch_size)
+        for x, score, labels in side_batches(data_path, "hq", layout.name, cfg, 0, splits, "train", batch_size)
     )
     grouping_obj = get_grouping(grouping)
     matrix = compute_part_matrix(teacher, batches, grouping_obj, layout, meta["num_classes"], temperature,

@@ -93,12 +93,13 @@ def job_datasets(job: JobConfig, layouts: dict[str, str], require: str) -> dict:
 def ensure_ray() -> None:
     """A local Ray unless one is running (``ray job submit`` and tests start their own); quiet Data progress bars.
 
-    Worker and actor output stays in Ray's log files (``/tmp/ray/session_latest/logs``) unless
-    ``PARTKD_RAY_LOG_TO_DRIVER=1``: it is Ray's own chatter (and, without the dashboard that the core install leaves
-    out, a State-API warning every few seconds); progress comes from the MLflow run and errors reach the driver anyway.
+    The dashboard starts with it (``ray[default]``): Ray Train's State-API clean-up of a stopped trial's workers needs
+    it. Worker and actor output stays in Ray's log files (``/tmp/ray/session_latest/logs``) unless
+    ``PARTKD_RAY_LOG_TO_DRIVER=1``: it is Ray's own chatter; progress comes from the MLflow run and errors reach the
+    driver anyway.
     """
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False,
+        ray.init(include_dashboard=True, configure_logging=False,
                  log_to_driver=os.environ.get("PARTKD_RAY_LOG_TO_DRIVER", "0") == "1")
     ray.data.DataContext.get_current().enable_progress_bars = False
 
@@ -111,10 +112,12 @@ def _fit(loop, job: JobConfig, meta: dict, datasets: dict, callbacks: list) -> r
     )
     data_config = ray.train.DataConfig(datasets_to_split="all",
                                        execution_options=ray.data.ExecutionOptions(preserve_order=True))
+    gpu_share = {"GPU": job.train.gpus_per_worker} if job.train.use_gpu else {}
     trainer = TorchTrainer(
         loop, train_loop_config={"job": job.to_dict(), "meta": meta},
         scaling_config=ray.train.ScalingConfig(num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
-                                               resources_per_worker={"CPU": job.train.cpus_per_worker}),
+                                               resources_per_worker={"CPU": job.train.cpus_per_worker,
+                                                                     **gpu_share}),
         run_config=run_config, datasets=datasets, dataset_config=data_config,
     )
     return trainer.fit()
@@ -122,8 +125,8 @@ def _fit(loop, job: JobConfig, meta: dict, datasets: dict, callbacks: list) -> r
 
 # Settings a resumed job may change: how long it runs, how it is run and tracked; anything else changes the model.
 RESUMABLE_CHANGES = ("train.epochs", "train.num_workers", "train.use_gpu", "train.cpus_per_worker",
-                     "train.max_failures", "train.fail_at_epoch", "train.storage_path", "tracking_uri", "mlflow_run_id",
-                     "parent_run_id")
+                     "train.gpus_per_worker", "train.max_failures", "train.fail_at_epoch", "train.storage_path",
+                     "tracking_uri", "mlflow_run_id", "parent_run_id")
 
 
 def _data_meta(job: JobConfig) -> dict:

@@ -115,6 +115,11 @@ def _evaluate(wc: WorkerContext, model: nn.Module, side: str, epoch: int) -> flo
 
 
 def _setup(wc: WorkerContext):
+    if wc.rank == 0 and wc.job.mlflow_run_id:  # where the job ran (the last attempt's rank 0), for a cluster's logs
+        from partkd import tracking
+
+        tracking.set_tags(wc.job.tracking_uri, wc.job.mlflow_run_id,
+                          {"ray.node_id": ray.get_runtime_context().get_node_id()})
     torch.manual_seed(wc.job.train.seed)  # the same initial weights on every rank and in every run of the seed
     model = ray.train.torch.prepare_model(build_model(wc.meta))
     optimizer, scheduler = make_optimizer(model, wc.job.train)
