@@ -28,8 +28,8 @@ if [[ -n "${MLFLOW_TRACKING_URI:-}" ]]; then
   env_vars="{\"MLFLOW_TRACKING_URI\": \"${MLFLOW_TRACKING_URI}\"}"
 fi
 runtime_env=$(cat <<JSON
-{"excludes": ["data/", ".venv/", "runs/", "mlruns/", "mlartifacts/", "mlflow.db", "demo-data/", ".whl/", ".git/",
-              "__pycache__/", ".pytest_cache/", ".ruff_cache/", "*.egg-info/"],
+{"excludes": ["/data/", "/.venv/", "/runs/", "/mlruns/", "/mlartifacts/", "/mlflow.db", "/demo-data/", "/.whl/",
+              "/.git/", "__pycache__/", ".pytest_cache/", ".ruff_cache/", "*.egg-info/"],
  "env_vars": ${env_vars}}
 JSON
 )

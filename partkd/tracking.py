@@ -60,16 +60,18 @@ def unfinished_run(uri: str, experiment: str, run_name: str, parent_run_id: str 
 
 
 def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict,
-              parent_run_id: str | None = None, resume_unfinished: bool = False) -> str:
+              parent_run_id: str | None = None, resume_unfinished: bool = False, may_differ: tuple = ()) -> str:
     """Create a run (nested under ``parent_run_id`` if given) with its params and tags; returns its id.
 
-    ``resume_unfinished``: continue the :func:`unfinished_run` of that name instead, if there is one (a resumed job
-    keeps one run, its per-epoch metrics picking up where they stopped).
+    ``resume_unfinished``: continue the :func:`unfinished_run` of that name instead, if there is one and its params
+    equal ``params`` except the keys in ``may_differ`` (a resumed job keeps one run, its per-epoch metrics picking up
+    where they stopped; a job with other settings gets a run of its own).
     """
     client = MlflowClient(tracking_uri=uri)
     if resume_unfinished:
         run_id = unfinished_run(uri, experiment, run_name, parent_run_id)
-        if run_id:
+        logged = client.get_run(run_id).data.params if run_id else {}
+        if run_id and all(logged.get(k) == str(v)[:6000] for k, v in params.items() if k not in may_differ):
             client.update_run(run_id, "RUNNING")
             return run_id
     all_tags = {"git_commit": git_commit(), **{k: str(v) for k, v in tags.items()}}

@@ -54,12 +54,17 @@ def _distribution(key: str, spec: dict) -> optuna.distributions.BaseDistribution
                          f"{{choice = [...]}}, got {spec!r}")
     (kind, values), = spec.items()
     if kind in ("uniform", "log_uniform"):
+        if not isinstance(values, (list, tuple)) or len(values) != 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"space.{key}: {kind} takes [lo, hi] (two numbers), got {values!r}")
         low, high = (float(v) for v in values)
         if not low < high or (kind == "log_uniform" and low <= 0):
             raise ValueError(f"space.{key}: {kind} needs 0 {'< ' if kind == 'log_uniform' else ''}lo < hi, "
                              f"got {values}")
         return optuna.distributions.FloatDistribution(low, high, log=kind == "log_uniform")
     if kind == "choice":
+        if values != "groupings" and (not isinstance(values, (list, tuple)) or not values):
+            raise ValueError(f"space.{key}: choice takes a list of values (or \"groupings\"), got {values!r}")
         choices = sorted(GROUPINGS) if values == "groupings" else list(values)
         if key == "loss.grouping":
             [get_grouping(c) for c in choices]  # an unknown name fails here, naming the known ones
@@ -74,6 +79,9 @@ def parse_space(table: dict) -> dict[str, optuna.distributions.BaseDistribution]
     for key, spec in table.items():
         if key not in known:
             raise ValueError(f"space.{key}: not a job setting; known: {', '.join(sorted(known))}")
+        if key.startswith("data."):  # the dataset, its splits and the validation slice are fixed for a study
+            raise ValueError(f"space.{key}: data settings cannot be searched (a trial could move its validation "
+                             "slice or read the test split); set them in [job]")
         space[key] = _distribution(key, spec)
     return space
 

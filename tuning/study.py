@@ -18,9 +18,10 @@ E, the parent run and every trial's Ray Train run and MLflow run.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,9 +34,11 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+import partkd
 from partkd import tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import SynthConfig
+from partkd.train.common import load_meta
 from partkd.train.config import JobConfig, LossConfig, load_config
 from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher
 from partkd.train.jobs import absolute_paths, ensure_ray, train_student, train_teacher
@@ -114,6 +117,9 @@ class StudyResult:
 def run_study(study: Study, resume: bool = False, say: Callable[[str], None] = print) -> StudyResult:
     """Teacher and E, the search, the finish; see the module docstring."""
     cfg = study.config
+    if os.environ.get("RAY_JOB_ID") and not Path(cfg.storage).is_absolute():
+        raise ValueError(f"study.storage={cfg.storage!r} is relative: under `ray job submit` it would land in the "
+                         "job's temporary working directory on the head node; give a path every node shares")
     folder = Path(cfg.storage).resolve() / cfg.name
     if (folder / "search").exists() and not resume:
         raise StudyExistsError(f"{folder} already holds study {cfg.name!r}: resume it with --resume, or rename it")
@@ -122,8 +128,10 @@ def run_study(study: Study, resume: bool = False, say: Callable[[str], None] = p
     ensure_ray()
     params = {**job.flat(), **{f"space.{k}": repr(v) for k, v in study.space.items()},
               **{f"study.{k}": v for k, v in cfg.__dict__.items()}}
+    code = Path(partkd.data.__file__).resolve().parents[1]  # under `ray job submit`: in the uploaded working dir
     parent = tracking.start_run(job.tracking_uri, f"partkd/{info['name']}", f"study-{cfg.name}", params,
-                                {"kind": "study", "dataset_fingerprint": info["fingerprint"]}, resume_unfinished=True)
+                                {"kind": "study", "dataset_fingerprint": info["fingerprint"], "partkd.path": code},
+                                resume_unfinished=resume)
     job = replace(job, parent_run_id=parent)
     try:
         result = _stages(study, job, info, folder, say)
@@ -151,6 +159,10 @@ def _study_job(study: Study, folder: Path) -> JobConfig:
                          "set data.val_fraction in its [job]")
     job = replace(job, tracking_uri=job.tracking_uri or tracking.tracking_uri(),
                   train=replace(job.train, storage_path=str(folder / "ray"), name=cfg.name))
+    if os.environ.get("RAY_JOB_ID") and job.tracking_uri.startswith("sqlite:///") and not job.tracking_uri.startswith(
+            "sqlite:////"):
+        raise ValueError(f"tracking_uri {job.tracking_uri} is relative: under `ray job submit` it would be deleted "
+                         "with the job's working directory; set MLFLOW_TRACKING_URI or [job] tracking_uri")
     return absolute_paths(job)
 
 
@@ -181,7 +193,8 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> Stud
                  if cfg.asha else FIFOScheduler())
     searcher = ConcurrencyLimiter(OptunaSearch(space=study.space, metric=METRIC, mode="max", seed=cfg.seed),
                                   max_concurrent=concurrent)
-    started = time.monotonic()
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")  # state saved at every step: a resume re-runs no trial
+    started = time.time()
     search = _fit(folder / "search", trainable, lambda: ray.tune.Tuner(
         trainable, tune_config=ray.tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher,
                                                    scheduler=scheduler, num_samples=cfg.trials),
@@ -190,7 +203,7 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> Stud
     trials = _trial_table(search, study, job.train.epochs)
     best = search.get_best_result(metric=METRIC, mode="max", scope="last")
     best_settings = {k: best.config[k] for k in study.space}
-    cost = _log_search(job, study, trials, best_settings, best.metrics[METRIC], folder, time.monotonic() - started)
+    cost = _log_search(job, study, trials, best_settings, best.metrics[METRIC], folder, started)
     say(f"best of {len(trials)} trials: {METRIC} {best.metrics[METRIC]:.4f} with {best_settings}")
     say(f"search: {cost['search/trials_per_hour']:.1f} trials/hour, {cost['search/early_stopped']} stopped early, "
         f"{cost['search/epochs_saved']:.0%} of the epochs saved")
@@ -204,7 +217,14 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> Stud
 def _teacher(cfg: StudyConfig, job: JobConfig, say) -> Path:
     """The given teacher, the study's own if trained already, or a new one (validated on the same slice)."""
     if cfg.teacher_checkpoint:
-        return Path(cfg.teacher_checkpoint).resolve()
+        teacher = Path(cfg.teacher_checkpoint).resolve()
+        seen = load_meta(teacher).get("data", {})
+        if (seen.get("val_fraction", 0.0), seen.get("val_seed", 0)) != (job.data.val_fraction, job.data.val_seed):
+            raise ValueError(f"teacher {teacher} was trained with data.val_fraction={seen.get('val_fraction', 0.0)} "
+                             f"(val_seed {seen.get('val_seed', 0)}), the study validates on val_fraction="
+                             f"{job.data.val_fraction} (val_seed {job.data.val_seed}): it has seen the validation "
+                             "slice. Leave study.teacher_checkpoint empty to train one, or match the slice")
+        return teacher
     name = f"{cfg.name}-teacher"
     final = Path(job.train.storage_path) / name / "final"
     if (final / "meta.json").exists():
@@ -228,34 +248,38 @@ def _trial_table(results: ray.tune.ResultGrid, study: Study, epochs: int) -> lis
         metrics = result.metrics or {}
         done = metrics.get("epochs_done", 0)
         state = "errored" if result.error else "completed" if done >= epochs else "early-stopped"
-        rows.append({"trial_id": metrics.get("trial_id", ""),
+        rows.append({"trial_id": metrics.get("trial_id", ""), "ended": metrics.get("timestamp", 0),
                      "state": state, "epochs": done, METRIC: metrics.get(METRIC, float("nan")),
                      **{k: result.config.get(k) for k in study.space}})
     return rows
 
 
 def _log_search(job: JobConfig, study: Study, trials: list[dict], best: dict, best_metric: float,
-                folder: Path, seconds: float) -> dict:
+                folder: Path, started: float) -> dict:
     """The parent's record of the search: best config (file and tags), trial table, Optuna plots, and its cost:
-    trials per hour of this invocation's search (a resumed one counts only its own leg) and the share of epochs that
-    early stopping saved against running every trial to the end."""
+    trials per hour of this invocation (``started``: its Unix time; a resumed search counts the trials that reported
+    last during this leg) and the share of epochs that early stopping saved against running every trial that did
+    not error to the end."""
     uri, parent = job.tracking_uri, job.parent_run_id
-    epochs = sum(t["epochs"] for t in trials)
+    seconds = time.time() - started
+    ran = [t for t in trials if t["state"] != "errored"]
+    epochs = sum(t["epochs"] for t in ran)
     tracking.set_tags(uri, parent, {f"best.{k}": v for k, v in best.items()})
     metrics = {f"best/{METRIC}": best_metric,
                "search/trials": len(trials),
                "search/early_stopped": sum(t["state"] == "early-stopped" for t in trials),
                "search/epochs": epochs,
-               "search/epochs_saved": 1.0 - epochs / (len(trials) * job.train.epochs),
+               "search/epochs_saved": 1.0 - epochs / max(1, len(ran) * job.train.epochs),
                "search/wall_s": seconds,
-               "search/trials_per_hour": 3600.0 * len(trials) / seconds}
+               "search/trials_per_hour": 3600.0 * sum(t["ended"] >= started for t in trials) / seconds}
     tracking.log_metrics(uri, parent, metrics)
     out = folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     (out / "best_config.json").write_text(json.dumps({"settings": best, METRIC: best_metric}, indent=2))
-    keys = list(trials[0]) if trials else []
-    lines = [",".join(keys)] + [",".join(str(t[k]) for k in keys) for t in trials]
-    (out / "trials.csv").write_text("\n".join(lines) + "\n")
+    with open(out / "trials.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(trials[0]) if trials else [])
+        writer.writeheader()
+        writer.writerows(trials)
     log_search_plots(trials, study.space, METRIC, out)
     tracking.log_artifacts(uri, parent, out, "search")
     return metrics
@@ -290,11 +314,12 @@ def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs:
                          "skeleton": f"LQ {info['lq_layout']}", "op": ev.occlusion_prob, "seed": seed,
                          "top1": ev.top1, "top5": ev.top5})
     rows.sort(key=lambda r: (r["key"] != "student_paper", r["op"], r["seed"]))
-    markdown, csv = summarise(rows, baseline=("student_paper", "paper defaults"))
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "results.md").write_text(markdown)
-        (Path(tmp) / "results.csv").write_text(csv)
-        tracking.log_artifacts(job.tracking_uri, job.parent_run_id, tmp, "results")
+    markdown, table_csv = summarise(rows, baseline=("student_paper", "paper defaults"))
+    out = folder / "report" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown)
+    (out / "results.csv").write_text(table_csv)
+    tracking.log_artifacts(job.tracking_uri, job.parent_run_id, out, "results")
     say("\n" + markdown)
     return markdown
 

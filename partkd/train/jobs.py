@@ -132,7 +132,8 @@ RESUMABLE_CHANGES = ("train.epochs", "train.num_workers", "train.use_gpu", "trai
 def _data_meta(job: JobConfig) -> dict:
     """How the model saw its data, so evaluation and E default to the same."""
     return {"path": job.data.path, "protocol": job.data.protocol, "frames": job.data.frames,
-            "persons": job.data.persons, "occlusion_unit": job.data.occlusion_unit, "seed": job.data.seed}
+            "persons": job.data.persons, "occlusion_unit": job.data.occlusion_unit, "seed": job.data.seed,
+            "val_fraction": job.data.val_fraction, "val_seed": job.data.val_seed}
 
 
 def _check_resumable(job: JobConfig, name: str) -> None:
@@ -165,7 +166,8 @@ def _run(kind: str, loop, job: JobConfig, meta: dict, datasets: dict, info: dict
          say: Callable[[str], None], callbacks: list) -> JobResult:
     """Fit inside an MLflow run: params and tags up front, per-epoch metrics from rank 0, checkpoint at the end.
 
-    A job started again under its name continues its unfinished MLflow run (as the Ray Train run resumes)."""
+    A job started again under its name with the same settings continues its unfinished MLflow run (as the Ray Train
+    run resumes)."""
     uri = job.tracking_uri or tracking.tracking_uri()
     role = kind if kind == "teacher" else f"student-{job.loss.objective}"
     name = job.train.name or f"{role}-{info['name']}-seed{job.train.seed}"
@@ -174,7 +176,8 @@ def _run(kind: str, loop, job: JobConfig, meta: dict, datasets: dict, info: dict
     meta = {**meta, "job": job.flat()}
     run_id = tracking.start_run(uri, experiment=f"partkd/{info['name']}", run_name=name, params=job.flat(),
                                 tags={"kind": kind, "dataset_fingerprint": info["fingerprint"], **tags},
-                                parent_run_id=job.parent_run_id or None, resume_unfinished=True)
+                                parent_run_id=job.parent_run_id or None, resume_unfinished=True,
+                                may_differ=RESUMABLE_CHANGES)
     job = replace(job, mlflow_run_id=run_id)
     try:
         with tracking.EpochProgress(uri, run_id, name, job.train.epochs, say=say):
