@@ -120,8 +120,13 @@ def child_runs(uri: str, parent_run_id: str, query: str = "") -> list:
                               max_results=10_000)
 
 
-def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    MlflowClient(tracking_uri=uri).set_terminated(run_id, status)
+def end_run(uri: str, run_id: str, status: str = "FINISHED", if_running: bool = False) -> None:
+    """Mark the run ended with ``status``; ``if_running``: only if nobody has ended it already (a study's driver ends
+    the run of a trial it stopped early, with its state, while that trial's job is still unwinding)."""
+    client = MlflowClient(tracking_uri=uri)
+    if if_running and client.get_run(run_id).info.status != "RUNNING":
+        return
+    client.set_terminated(run_id, status)
 
 
 def format_epoch(name: str, epoch: int, epochs: int, metrics: dict) -> str:

@@ -249,13 +249,17 @@ def two_node_cluster():
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env.pop("RAY_ADDRESS", None)
-    common = ["--block", "--num-cpus=3", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    def node_flags():  # each node's agents on ports of their own: the tests' Ray holds Ray's default ones
+        return ["--block", "--num-cpus=3", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                *(f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                         "metrics-export-port", "runtime-env-agent-port"))]
+
     nodes = [subprocess.Popen([ray_cli, "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
                                "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temp}",
-                               *common], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
+                               f"--ray-client-server-port={free_port()}", *node_flags()], env=env,
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        nodes.append(subprocess.Popen([ray_cli, "start", f"--address=127.0.0.1:{gcs}", *common], env=env,
+        nodes.append(subprocess.Popen([ray_cli, "start", f"--address=127.0.0.1:{gcs}", *node_flags()], env=env,
                                       start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         address = f"http://127.0.0.1:{dashboard}"
         deadline = time.monotonic() + 180
@@ -290,7 +294,7 @@ def test_ray_job_submit_runs_a_study_across_two_nodes(root, study, two_node_clus
     config.write_text(config.read_text().replace("trials = 4", "trials = 2\nmax_concurrent = 2")
                       .replace("asha = true", "asha = false").replace("cpus_per_worker = 0.4", "cpus_per_worker = 2")
                       .replace(f"epochs = {EPOCHS}", "epochs = 1"))
-    for _ in range(30):  # the head's job agent may take a while to accept jobs
+    for _ in range(60):  # the head's job agent may take a while to accept jobs
         submit = subprocess.run([str(REPO / "cluster" / "submit.sh"), "--address", address, "--", "--config",
                                  str(config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         if "No available agent" not in submit.stdout + submit.stderr:

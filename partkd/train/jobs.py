@@ -183,7 +183,7 @@ def _run(kind: str, loop, job: JobConfig, meta: dict, datasets: dict, info: dict
         with tracking.EpochProgress(uri, run_id, name, job.train.epochs, say=say):
             result = _fit(loop, job, meta, datasets, callbacks)
     except BaseException as err:
-        tracking.end_run(uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        tracking.end_run(uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", if_running=True)
         bad_data = worker_data_error(err)
         if bad_data:
             raise JobDataError(f"job {name} stopped on bad data: {bad_data}") from err
