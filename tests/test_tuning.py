@@ -244,22 +244,25 @@ def two_node_cluster():
     2.59+ does by default). Yields the dashboard address and the environment to talk to it; stopped after the test
     by signalling the two ``ray start --block`` processes (``ray stop`` would stop the tests' Ray too)."""
     ray_cli = str(Path(sys.executable).with_name("ray"))
-    temp = tempfile.mkdtemp(prefix="rayc", dir="/tmp")  # short: Ray's socket paths live under it
+    # a temporary folder per node, as on two machines (a shared one would let one node's runtime-env agent delete
+    # the job's working directory under the other); short, Ray's socket paths live under it
+    temps = [tempfile.mkdtemp(prefix="rayc", dir="/tmp") for _ in range(2)]
     gcs, dashboard = free_port(), free_port()
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env.pop("RAY_ADDRESS", None)
     def node_flags():  # each node's agents on ports of their own: the tests' Ray holds Ray's default ones
-        return ["--block", "--num-cpus=3", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+        return ["--block", "--num-cpus=5", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
                 *(f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                          "metrics-export-port", "runtime-env-agent-port"))]
 
     nodes = [subprocess.Popen([ray_cli, "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
-                               "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temp}",
+                               "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temps[0]}",
                                f"--ray-client-server-port={free_port()}", *node_flags()], env=env,
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        nodes.append(subprocess.Popen([ray_cli, "start", f"--address=127.0.0.1:{gcs}", *node_flags()], env=env,
+        nodes.append(subprocess.Popen([ray_cli, "start", f"--address=127.0.0.1:{gcs}", f"--temp-dir={temps[1]}",
+                                       *node_flags()], env=env,
                                       start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         address = f"http://127.0.0.1:{dashboard}"
         deadline = time.monotonic() + 180
@@ -281,7 +284,8 @@ def two_node_cluster():
                 node.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_ray_job_submit_runs_a_study_across_two_nodes(root, study, two_node_cluster):
@@ -290,9 +294,9 @@ def test_ray_job_submit_runs_a_study_across_two_nodes(root, study, two_node_clus
     address, env, node_ids = two_node_cluster
     teacher = study.folder / "ray" / "tiny-teacher" / "final"
     config = study_file(root, "cluster", finish="[]", teacher=str(teacher))
-    # two trials of one epoch, one per node: a trial's worker takes 2 of a node's 3 CPUs
+    # two trials of one epoch, one per node: a trial's worker takes 3 of a node's 5 CPUs, leaving Ray Data 2 on each
     config.write_text(config.read_text().replace("trials = 4", "trials = 2\nmax_concurrent = 2")
-                      .replace("asha = true", "asha = false").replace("cpus_per_worker = 0.4", "cpus_per_worker = 2")
+                      .replace("asha = true", "asha = false").replace("cpus_per_worker = 0.4", "cpus_per_worker = 3")
                       .replace(f"epochs = {EPOCHS}", "epochs = 1"))
     for _ in range(60):  # the head's job agent may take a while to accept jobs
         submit = subprocess.run([str(REPO / "cluster" / "submit.sh"), "--address", address, "--", "--config",
