@@ -308,7 +308,7 @@ def test_ray_job_submit_runs_a_study_across_two_nodes(root, study, two_node_clus
     assert submit.returncode == 0 and job_id, submit.stdout[-3000:] + submit.stderr[-3000:]
     status = subprocess.run([str(Path(sys.executable).with_name("ray")), "job", "status", "--address", address,
                              job_id.group()], env=env, capture_output=True, text=True)
-    assert "SUCCEEDED" in status.stdout, status.stdout + status.stderr
+    assert f"Job '{job_id.group()}' succeeded" in status.stdout, status.stdout + status.stderr  # status SUCCEEDED
 
     parent = client(root).search_runs([client(root).get_experiment_by_name("partkd/synth-3").experiment_id],
                                       "attributes.run_name = 'study-cluster'")
