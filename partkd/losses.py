@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 # Added to squared norms in the cosine: finite value and gradient at a zero feature, no effect above ~1e-6 norms.
 NORM_EPS = 1e-8
@@ -113,7 +113,7 @@ def pmsc_terms(
     if student_parts.shape[1:] != teacher_parts.shape[1:]:
         raise ValueError(
             f"student parts {tuple(student_parts.shape)} and teacher parts {tuple(teacher_parts.shape)} differ in "
-            "(P, C); project the student features (ProjectionHead) or use the same grouping"
+            "(P, C); project the student features (partkd.models.ProjectionHead) or use the same grouping"
         )
     if part_weights.shape[1] != student_parts.shape[1]:
         raise ValueError(f"part_weights {tuple(part_weights.shape)} has not P={student_parts.shape[1]} columns")
@@ -191,17 +191,15 @@ def kl_logit_loss(
         return kl * temperature**2 / paired.sum().clamp(min=1)
 
 
-class ProjectionHead(nn.Module):
-    """Maps student part features ``(B, P, C_student)`` to the teacher's width ``(B, P, C_teacher)``.
+def __getattr__(name: str):
+    """``partkd.losses.ProjectionHead``, deprecated: the module lives in :mod:`partkd.models` (this alias goes in the
+    next release)."""
+    if name == "ProjectionHead":
+        import warnings
 
-    One linear map shared by all parts (a part keeps its meaning across the map); the identity when the widths agree,
-    so the paper's setting (same backbone on both sides) adds no parameters.
-    """
+        from partkd.models.heads import ProjectionHead
 
-    def __init__(self, student_channels: int, teacher_channels: int):
-        super().__init__()
-        same = student_channels == teacher_channels
-        self.proj = nn.Identity() if same else nn.Linear(student_channels, teacher_channels, bias=False)
-
-    def forward(self, student_parts: Tensor) -> Tensor:
-        return self.proj(student_parts)  # (B, P, C_teacher)
+        warnings.warn("partkd.losses.ProjectionHead moved to partkd.models.ProjectionHead", DeprecationWarning,
+                      stacklevel=2)
+        return ProjectionHead
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """Skeleton datasets as Parquet shards: schema, reading and writing, synthetic data, transforms, splits."""
 
+from partkd.data.protocols import PROTOCOLS, split_filter, split_ray_filter
 from partkd.data.schema import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -10,7 +11,6 @@ from partkd.data.schema import (
     ShardSchemaError,
 )
 from partkd.data.shards import DatasetWriter, iter_batches, iter_samples, load_info, shard_paths
-from partkd.data.splits import PROTOCOLS, split_filter, split_ray_filter
 from partkd.data.validate import ValidationReport, validate_dataset
 
 __all__ = [

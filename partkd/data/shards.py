@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from partkd.data import splits
+from partkd.data.protocols import applicable_protocols
 from partkd.data.schema import (
     ID_COLUMNS,
     METADATA_KEY,
@@ -230,7 +230,7 @@ def summarize(*, name: str, class_names: list[str], metadata: dict, shards: list
         }
 
     split_counts = {}
-    for protocol in splits.applicable_protocols(rows):
+    for protocol in applicable_protocols(rows):
         assigned = protocol.assign(rows)
         split_counts[protocol.name] = {split: counts(assigned == split) for split in ("train", "test")}
     fingerprint = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()

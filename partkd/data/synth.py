@@ -18,13 +18,15 @@ gives byte-identical shards whatever the order of generation.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from partkd.data.noise import NoiseProfile, apply_noise, get_noise_profile
 from partkd.data.schema import Sample
+from partkd.data.shards import DatasetWriter
 from partkd.layouts import get_layout
 
 HQ_LAYOUT, LQ_LAYOUT = "ntu25", "coco17"
@@ -407,3 +409,26 @@ def generate(cfg: SynthConfig, start: int = 0, stop: int | None = None) -> Itera
 
 def class_names(cfg: SynthConfig) -> list[str]:
     return [name for name, *_ in action_table(cfg.classes, cfg.two_person)]
+
+
+def synth_info(cfg: SynthConfig) -> dict:
+    """What ``dataset.json`` records of a synthetic dataset's making (its generator settings): two datasets with the
+    same record are the same bytes."""
+    return {"generator": "partkd.data.synth", **asdict(cfg), "simulated_lq": True}
+
+
+def write_synthetic(out: str | os.PathLike, cfg: SynthConfig, *, overwrite: bool = False, rows_per_shard: int = 1024,
+                    progress: Callable[[int, int], None] | None = None) -> dict:
+    """Generate ``cfg``'s samples into a dataset directory ``out``; returns its ``dataset.json`` content.
+
+    ``progress(done, total)`` is called every 5% of the samples.
+    """
+    step = max(cfg.samples // 20, 1)
+    with DatasetWriter(out, name=f"synth-{cfg.seed}", class_names=class_names(cfg), hq_layout=HQ_LAYOUT,
+                       lq_layout=LQ_LAYOUT, rows_per_shard=rows_per_shard, overwrite=overwrite,
+                       info=synth_info(cfg)) as writer:
+        for done, sample in enumerate(generate(cfg), start=1):
+            writer.write(sample)
+            if progress is not None and (done % step == 0 or done == cfg.samples):
+                progress(done, cfg.samples)
+    return writer.summary
