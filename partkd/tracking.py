@@ -7,17 +7,29 @@ The tracking URI comes from ``MLFLOW_TRACKING_URI``; without it, a SQLite file `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import mlflow
-from mlflow.tracking import MlflowClient
-
 DEFAULT_DB = "mlflow.db"
+
+
+def _client(uri: str):
+    """An ``MlflowClient``; MLflow is imported on first use (3 s on the 2-core machine), so the Ray processes that
+    never log (Train workers other than rank 0, Ray Train's controller) do not pay for it."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _entities():
+    import mlflow.entities
+
+    return mlflow.entities
 
 
 def tracking_uri() -> str:
@@ -32,7 +44,7 @@ def _default_artifact_root(uri: str) -> str | None:
 
 
 def experiment_id(uri: str, name: str) -> str:
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -50,7 +62,7 @@ def git_commit() -> str:
 
 def unfinished_run(uri: str, experiment: str, run_name: str, parent_run_id: str | None = None) -> str | None:
     """The newest run of that name (and parent) that did not finish, e.g. one whose driver was killed."""
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     query = f"attributes.run_name = '{run_name}' and attributes.status != 'FINISHED'"
     if parent_run_id:
         query += f" and tags.mlflow.parentRunId = '{parent_run_id}'"
@@ -67,7 +79,7 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
     equal ``params`` except the keys in ``may_differ`` (a resumed job keeps one run, its per-epoch metrics picking up
     where they stopped; a job with other settings gets a run of its own).
     """
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     if resume_unfinished:
         run_id = unfinished_run(uri, experiment, run_name, parent_run_id)
         logged = client.get_run(run_id).data.params if run_id else {}
@@ -78,16 +90,31 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id(uri, experiment), run_name=run_name, tags=all_tags)
-    items = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()]
+    items = [_entities().Param(k, str(v)[:6000]) for k, v in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[start:start + 100])
     return run.info.run_id
 
 
+@contextlib.contextmanager
+def run(uri: str, experiment: str, run_name: str, params: dict, tags: dict, parent_run_id: str | None = None,
+        resume_unfinished: bool = False, may_differ: tuple = ()) -> Iterator[str]:
+    """A run (a job's, or a parent's: a demo, a benchmark, a study) for the length of a ``with`` block: started (or
+    continued, see :func:`start_run`), yields its id, ended FINISHED; an error ends it FAILED and Ctrl-C KILLED,
+    unless someone has ended it already (a study ends a trial it stops early with the trial's state)."""
+    run_id = start_run(uri, experiment, run_name, params, tags, parent_run_id, resume_unfinished, may_differ)
+    try:
+        yield run_id
+    except BaseException as err:
+        end_run(uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", if_running=True)
+        raise
+    end_run(uri, run_id)
+
+
 def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     now = int(time.time() * 1000)
-    items = [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
+    items = [_entities().Metric(k, float(v), now, step) for k, v in metrics.items()]
     client.log_batch(run_id, metrics=items)
 
 
@@ -97,7 +124,7 @@ def log_metrics(uri: str, run_id: str, metrics: dict) -> None:
 
 def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     """A file or a whole directory."""
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     path = Path(path)
     if path.is_dir():
         client.log_artifacts(run_id, str(path), artifact_path)
@@ -105,15 +132,22 @@ def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | 
         client.log_artifact(run_id, str(path), artifact_path)
 
 
+def log_texts(uri: str, run_id: str, files: dict[str, str]) -> None:
+    """Text artifacts (tables, configs) by artifact path, e.g. ``{"results/results.md": markdown}``."""
+    client = _client(uri)
+    for path, text in files.items():
+        client.log_text(run_id, text, path)
+
+
 def set_tags(uri: str, run_id: str, tags: dict) -> None:
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value))
 
 
 def child_runs(uri: str, parent_run_id: str, query: str = "") -> list:
     """The runs nested directly under ``parent_run_id`` (``query``: more of MLflow's search filter), oldest first."""
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     parent = client.get_run(parent_run_id)
     search = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {query}" if query else "")
     return client.search_runs([parent.info.experiment_id], search, order_by=["attributes.start_time ASC"],
@@ -123,7 +157,7 @@ def child_runs(uri: str, parent_run_id: str, query: str = "") -> list:
 def end_run(uri: str, run_id: str, status: str = "FINISHED", if_running: bool = False) -> None:
     """Mark the run ended with ``status``; ``if_running``: only if nobody has ended it already (a study's driver ends
     the run of a trial it stopped early, with its state, while that trial's job is still unwinding)."""
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     if if_running and client.get_run(run_id).info.status != "RUNNING":
         return
     client.set_terminated(run_id, status)
@@ -153,7 +187,7 @@ class EpochProgress:
         self._thread = threading.Thread(target=self._follow, daemon=True)
 
     def poll(self) -> None:
-        client = MlflowClient(tracking_uri=self.uri)
+        client = _client(self.uri)
         steps = [m.step for m in client.get_metric_history(self.run_id, "val/top1")]
         if steps and max(steps) > self.last_step:
             self.last_step = max(steps)

@@ -13,12 +13,19 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-OBJECTIVES = ("ce", "kl", "global_msc", "pmsc")
+from partkd.data.splits import VALIDATION, Protocol, WithValidation, get_protocol, read_split_columns, validation_split
+from partkd.data.transforms import TransformConfig
+from partkd.train.objectives import OBJECTIVES
+
 HQ_SOURCES = ("batch", "bank")
+CACHE_MODES = ("auto", "memory", "stream")
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Which rows a job reads and how a sample becomes a tensor. Saved in every checkpoint: evaluation and E read a
+    model's data through the same spec it was trained with (:meth:`transform`, :meth:`splits`)."""
+
     path: str = ""  # dataset directory (shards + dataset.json)
     protocol: str = "xsub"  # split protocol: train on its "train" split, evaluate on its "test" split
     val_fraction: float = 0.0  # > 0: validate on this seeded share of the training split instead (tuning: no test)
@@ -30,6 +37,33 @@ class DataConfig:
     eval_occlusion_probs: tuple[float, ...] = (0.0, 0.3, 0.6)  # the paper's Table 1
     batch_size: int = 64  # per worker
     seed: int = 0  # occlusion masks and shuffling
+    cache: str = "auto"  # Ray jobs: transformed splits kept in the object store (memory), read again every epoch
+    #                      (stream), or memory when they take at most a tenth of the object store (auto)
+
+    def __post_init__(self):
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
+
+    def transform(self, occlusion_prob: float = 0.0) -> TransformConfig:
+        """How every model sees a sample, in training, evaluation and E alike: cropped at the centre or padded to
+        ``frames``, at most ``persons``, centred and scaled, occluded with probability ``occlusion_prob``."""
+        return TransformConfig(frames=self.frames, persons=self.persons, crop="center", occlusion_prob=occlusion_prob,
+                               occlusion_unit=self.occlusion_unit)
+
+    def splits(self) -> Protocol | WithValidation:
+        """The rows of ``train`` and ``test`` (and with ``val_fraction``, the seeded ``val`` slice held out of
+        ``train``). Without a slice nothing is read; with one, the dataset's ids are."""
+        protocol = get_protocol(self.protocol)
+        if self.val_fraction == 0.0:
+            return protocol
+        return validation_split(protocol, read_split_columns(self.path), self.val_fraction, self.val_seed)
+
+    @property
+    def validation_split_name(self) -> str:
+        """The split a job validates on: the protocol's ``test``, or the ``val`` slice of its training split."""
+        return VALIDATION if self.val_fraction > 0.0 else "test"
 
 
 @dataclass(frozen=True)
@@ -52,6 +86,12 @@ class LossConfig:
     bank_negatives: int = 64  # bank mode: HQ entries sampled per step besides the batch's own pairs
     mask_missing: bool = False  # leave score-0 joints out of the part mean (paper: off)
 
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"loss.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.hq_source not in HQ_SOURCES:
+            raise ValueError(f"loss.hq_source must be one of {', '.join(HQ_SOURCES)}, got {self.hq_source!r}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -72,6 +112,14 @@ class TrainConfig:
     name: str = ""  # Ray Train run name; a job started again with the same name resumes
     fail_at_epoch: int = -1  # testing: one worker raises once after this epoch's checkpoint
 
+    def __post_init__(self):
+        if not 0.0 < self.gpus_per_worker <= 1.0:
+            raise ValueError(f"train.gpus_per_worker must be in (0, 1], got {self.gpus_per_worker}")
+        if self.gpus_per_worker < 1.0 and self.num_workers > 1:
+            raise ValueError(f"train.gpus_per_worker={self.gpus_per_worker:g} with {self.num_workers} "
+                             "workers: DDP ranks must not share a GPU (NCCL needs one GPU per rank); a fraction is "
+                             "for one-worker jobs only")
+
 
 @dataclass(frozen=True)
 class JobConfig:
@@ -84,20 +132,6 @@ class JobConfig:
     tracking_uri: str = ""
     mlflow_run_id: str = ""  # set by the driver: the job's run, where rank 0 logs
     parent_run_id: str = ""  # nest the job's run under this one (a demo, a study)
-
-    def __post_init__(self):
-        if self.loss.objective not in OBJECTIVES:
-            raise ValueError(f"loss.objective must be one of {', '.join(OBJECTIVES)}, got {self.loss.objective!r}")
-        if self.loss.hq_source not in HQ_SOURCES:
-            raise ValueError(f"loss.hq_source must be one of {', '.join(HQ_SOURCES)}, got {self.loss.hq_source!r}")
-        if not 0.0 < self.train.gpus_per_worker <= 1.0:
-            raise ValueError(f"train.gpus_per_worker must be in (0, 1], got {self.train.gpus_per_worker}")
-        if self.train.gpus_per_worker < 1.0 and self.train.num_workers > 1:
-            raise ValueError(f"train.gpus_per_worker={self.train.gpus_per_worker:g} with {self.train.num_workers} "
-                             "workers: DDP ranks must not share a GPU (NCCL needs one GPU per rank); a fraction is "
-                             "for one-worker jobs only")
-        if not 0.0 <= self.data.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

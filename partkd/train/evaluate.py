@@ -1,41 +1,41 @@
-"""Evaluation of any checkpoint, and the part matrix of a teacher (DESIGN §8-9).
+"""Evaluation of any checkpoint, and the part matrix E of a teacher (DESIGN §8-9).
 
-Evaluation reads the protocol's test split in-process (no Ray needed), transforms it exactly as training did, and
-occludes the evaluated side with probability OP using per-sample seeded masks: every model sees the same masks.
+Both read a checkpoint's data through its saved :class:`~partkd.train.config.DataConfig` (or one given), in process,
+with the transform training used (:meth:`DataConfig.transform`). Evaluation reads the protocol's test split and
+occludes the evaluated side with probability OP using per-sample seeded masks: every model sees the same masks. E
+reads the HQ training rows of ``data.splits()``, which leaves the validation slice out whenever the data has one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from partkd.data.shards import decode_side, iter_batches, load_info
-from partkd.data.splits import Protocol, get_protocol, validation_split
-from partkd.data.transforms import TransformConfig, transform_batch
+from partkd.data.raydata import SideTransform
+from partkd.data.shards import load_info
+from partkd.data.splits import Protocol, WithValidation, get_protocol
 from partkd.layouts import get_grouping, get_layout
+from partkd.models import model_input
 from partkd.part_matrix import compute_part_matrix, save_part_matrix
-from partkd.train.common import load_frozen_teacher, load_model, model_input
+from partkd.train.checkpoint import load_frozen_teacher, load_meta, load_model
+from partkd.train.config import DataConfig
+from partkd.train.session import JobInputs
 
 
-def side_batches(path: str, side: str, layout_name: str, cfg: TransformConfig, seed: int, protocol: str | Protocol,
-                 split: str, batch_size: int = 64):
-    """``(x, score, labels)`` numpy batches of one side of a split (of a protocol, or of a split object such as a
-    :func:`~partkd.data.splits.validation_split`), transformed with per-sample randomness."""
-    layout = get_layout(layout_name)
-    splits = get_protocol(protocol) if isinstance(protocol, str) else protocol
-    for batch, _, file in iter_batches(path, filter=splits.filter(split), batch_size=batch_size):
-        rows = decode_side(batch, side, layout, file)
-        ids = batch.column("sample_id").to_pylist()
-        labels = batch.column("label").to_numpy()
-        keep = [i for i, r in enumerate(rows) if r is not None]
-        if not keep:
-            continue
-        x, score = transform_batch([rows[i][0] for i in keep], [rows[i][1] for i in keep], layout, cfg, seed,
-                                   sample_ids=[ids[i] for i in keep])
-        yield x, score, labels[keep]
+def side_batches(data: DataConfig, side: str, layout: str, splits: Protocol | WithValidation, split: str,
+                 occlusion_prob: float = 0.0, batch_size: int = 64) -> Iterator[tuple[np.ndarray, ...]]:
+    """``(x, score, labels)`` numpy batches of the rows of ``split`` that have ``side``, transformed as ``data``
+    says (``data.seed`` seeds the per-sample occlusion masks)."""
+    transform = SideTransform({side: layout}, data.transform(occlusion_prob), seed=data.seed)
+    inputs = JobInputs(data.path, splits, "test", side, transform, batch_size)
+    for arrays in inputs.local_batches(split):
+        yield arrays[f"{side}_x"], arrays[f"{side}_score"], arrays["label"]
 
 
 @dataclass
@@ -48,21 +48,34 @@ class Evaluation:
     samples: int
 
 
+def _legacy_data(function: str, data_path: str | os.PathLike, protocol: str, **settings) -> DataConfig:
+    """The data of a call in the old form (a path, a protocol, loose keywords), with a deprecation warning."""
+    warnings.warn(f"{function}(checkpoint, data_path, protocol, ...) with loose data settings is deprecated and goes "
+                  "in the next release: pass a DataConfig (default: the checkpoint's)", DeprecationWarning,
+                  stacklevel=3)
+    return DataConfig(path=str(data_path), protocol=protocol, **settings)
+
+
 @torch.no_grad()
-def evaluate_checkpoint(checkpoint: str | Path, data_path: str, protocol: str, occlusion_probs=(0.0, 0.3, 0.6),
-                        frames: int = 300, persons: int = 2, seed: int = 0, batch_size: int = 64,
-                        occlusion_unit: str = "joint-frame", device: str = "cpu") -> list[Evaluation]:
-    """Top-1/top-5, per-class accuracy and confusion matrix on the test split, one :class:`Evaluation` per OP."""
+def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig | None = None,
+                        occlusion_probs: Sequence[float] | None = None, *legacy_args, device: str = "cpu",
+                        batch_size: int = 64, **legacy_kwargs) -> list[Evaluation]:
+    """Top-1/top-5, per-class accuracy and confusion matrix on the test split of ``data.protocol``, one
+    :class:`Evaluation` per OP (default ``data.eval_occlusion_probs``). ``data`` defaults to the data settings the
+    checkpoint was trained with."""
+    if isinstance(data, (str, os.PathLike)):  # the old form: (checkpoint, data_path, protocol, occlusion_probs, ...)
+        protocol, occlusion_probs = occlusion_probs, (legacy_args[0] if legacy_args else None)
+        data = _legacy_data("evaluate_checkpoint", data, protocol, **legacy_kwargs)
     model, meta = load_model(checkpoint, device)
-    side, layout = meta["side"], get_layout(meta["layout"])
-    num_classes = meta["num_classes"]
+    data = data or meta.data
+    side, layout = meta.side, get_layout(meta.model.layout)
+    num_classes = meta.model.num_classes
     results = []
-    for prob in occlusion_probs:
-        cfg = TransformConfig(frames=frames, persons=persons, crop="center", occlusion_prob=prob,
-                              occlusion_unit=occlusion_unit)
+    for prob in data.eval_occlusion_probs if occlusion_probs is None else occlusion_probs:
         confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
         top5_hits = 0
-        for x, score, labels in side_batches(data_path, side, layout.name, cfg, seed, protocol, "test", batch_size):
+        for x, score, labels in side_batches(data, side, layout.name, get_protocol(data.protocol), "test", prob,
+                                             batch_size):
             inputs = model_input(torch.from_numpy(x), torch.from_numpy(score), layout).to(device)
             logits = model(inputs).logits.float().cpu()
             top = logits.topk(min(5, num_classes), dim=1).indices.numpy()  # (N, 5)
@@ -70,7 +83,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str, protocol: str, o
             top5_hits += int((top == labels[:, None]).any(1).sum())
         total = int(confusion.sum())
         if total == 0:
-            raise ValueError(f"{data_path}: the {protocol} test split has no sample with a {side} side")
+            raise ValueError(f"{data.path}: the {data.protocol} test split has no sample with a {side} side")
         with np.errstate(invalid="ignore"):
             per_class = np.diag(confusion) / confusion.sum(1)
         results.append(Evaluation(prob, float(np.trace(confusion) / total), top5_hits / total, per_class, confusion,
@@ -96,46 +109,34 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
     return path
 
 
-def part_matrix_for_teacher(teacher_checkpoint: str | Path, data_path: str, protocol: str, grouping: str,
-                            frames: int = 300, persons: int = 2, batch_size: int = 32, temperature: float = 1.0,
-                            device: str = "cpu", overwrite: bool = False, val_fraction: float = 0.0,
-                            val_seed: int = 0) -> Path:
-    """E for (teacher, grouping) from the HQ training samples, cached beside the checkpoint as .npy + heatmap PNG.
+def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | None = None, grouping: str = "paper5",
+                            *legacy_args, temperature: float = 1.0, device: str = "cpu", batch_size: int = 32,
+                            overwrite: bool = False, **legacy_kwargs) -> Path:
+    """E for (teacher, grouping) from the HQ training rows of ``data`` (default: the data the teacher was trained
+    on), cached beside the checkpoint as .npy + heatmap PNG.
 
-    With ``val_fraction`` the seeded validation slice (as in ``data.val_fraction``) is left out, so a study's
-    objective is measured on samples that shaped neither the teacher nor E. The cache file names every input that
-    changes E: grouping, temperature, protocol (and slice), frames and persons.
+    The rows are ``data.splits()``'s training split: with ``data.val_fraction`` the seeded validation slice is left
+    out, so a job validated on the slice is measured on samples that shaped neither the teacher nor E. The cache file
+    names every input that changes E: grouping, temperature, protocol (and slice), frames and persons.
     """
-    splits = (validation_split(protocol, data_path, val_fraction, val_seed) if val_fraction
-              else get_protocol(protocol))
-    name = f"part_matrix_{grouping}_t{temperature:g}_{splits.name}_T{frames}_M{persons}.npy"
+    if isinstance(data, (str, os.PathLike)):  # the old form: (teacher, data_path, protocol, grouping, ...)
+        protocol, grouping = grouping, (legacy_args[0] if legacy_args else "paper5")
+        data = _legacy_data("part_matrix_for_teacher", data, protocol, **legacy_kwargs)
+    data = data or load_meta(teacher_checkpoint).data
+    splits = data.splits()
+    name = f"part_matrix_{grouping}_t{temperature:g}_{splits.name}_T{data.frames}_M{data.persons}.npy"
     target = Path(teacher_checkpoint) / name
     if target.exists() and not overwrite:
         return target
     teacher, meta = load_frozen_teacher(teacher_checkpoint, torch.device(device))
-    if meta.get("side") != "hq":
-        raise ValueError(f"{teacher_checkpoint} is not a teacher checkpoint (side {meta.get('side')})")
-    info = load_info(data_path)
-    layout = get_layout(meta["layout"])
-    cfg = TransformConfig(frames=frames, persons=persons, crop="center")
+    layout = get_layout(meta.model.layout)
     batches = (
         (model_input(torch.from_numpy(x), torch.from_numpy(score), layout), torch.from_numpy(labels))
-        for x, score, labels in side_batches(data_path, "hq", layout.name, cfg, 0, splits, "train", batch_size)
+        for x, score, labels in side_batches(replace(data, seed=0), "hq", layout.name, splits, "train",
+                                             batch_size=batch_size)
     )
     grouping_obj = get_grouping(grouping)
-    matrix = compute_part_matrix(teacher, batches, grouping_obj, layout, meta["num_classes"], temperature,
+    matrix = compute_part_matrix(teacher, batches, grouping_obj, layout, meta.model.num_classes, temperature,
                                  torch.device(device))
-    npy, _ = save_part_matrix(matrix, target, info["class_names"], list(grouping_obj.part_names))
+    npy, _ = save_part_matrix(matrix, target, load_info(data.path)["class_names"], list(grouping_obj.part_names))
     return Path(npy)
-
-
-def results_table(rows: list[dict], protocol: str) -> tuple[str, str]:
-    """Table 1 of the paper as Markdown and CSV: one row per (model, OP) with top-1/top-5 in %."""
-    header = ["model", "skeleton", "OP", f"top-1 ({protocol})", f"top-5 ({protocol})"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    csv = [",".join(header)]
-    for r in rows:
-        cells = [r["model"], r["skeleton"], f"{r['op']:.1f}", f"{100 * r['top1']:.2f}", f"{100 * r['top5']:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-        csv.append(",".join(cells))
-    return "\n".join(lines) + "\n", "\n".join(csv) + "\n"

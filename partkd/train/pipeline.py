@@ -1,8 +1,8 @@
 """The paper's pipeline end to end: teacher -> part matrix E -> student without KD -> student with KD -> Table 1.
 
-Used by ``partkd demo``; every stage is also its own command. The whole pipeline is one MLflow parent run whose
-children are the three training jobs; the parent holds the results table (Markdown and CSV), E and the confusion
-matrices.
+Used by ``partkd demo`` and ``partkd bench kd``; every stage is also its own command. The whole pipeline is one MLflow
+parent run whose children are the training jobs; the parent holds the results table (Markdown and CSV), E and the
+confusion matrices.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from partkd import tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import SynthConfig
 from partkd.train.config import JobConfig, load_config
-from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, plot_confusion, results_table
-from partkd.train.jobs import absolute_paths, train_student, train_teacher
-
-STUDENT_LABELS = {"ce": "Student (w/o KD)", "kl": "Student (KL)", "global_msc": "Student (global MSC)",
-                  "pmsc": "Student (w/ KD)"}
+from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, plot_confusion
+from partkd.train.jobs import JobResult, absolute_paths, train_student, train_teacher
+from partkd.train.objectives import get_objective
+from partkd.train.results import results_table
 
 # Small model, short sequences, one person (the synthetic actions are single-person; DESIGN §9 keeps the paper's
 # defaults for real runs): "full" is the demo and the synthetic benchmark, "smoke" the same stages in about a minute.
@@ -50,73 +49,63 @@ def preset_job(preset: str, data: Path, storage: Path, seed: int, name: str, set
 
 @dataclass
 class PipelineResult:
-    rows: list[dict]  # model, skeleton, op, top1, top5
+    rows: list[dict]  # key, model, skeleton, op, top1, top5
     markdown: str
     csv: str
     run_id: str
     checkpoints: dict[str, Path]
+    part_matrix: Path
 
 
-def run_pipeline(job: JobConfig, say: Callable[[str], None] = print,
-                 objectives: tuple[str, ...] = ("ce", "pmsc")) -> PipelineResult:
+def run_pipeline(job: JobConfig, say: Callable[[str], None] = print, objectives: tuple[str, ...] = ("ce", "pmsc"),
+                 backend: str = "ray") -> PipelineResult:
     """Train and evaluate the models of Table 1 on ``job.data.path`` with ``job``'s settings: the teacher, then a
-    student per objective (``ce`` is the student without KD; all four give the paper's Table 4 ablation)."""
+    student per objective (``ce`` is the student without KD; all four give the paper's Table 4 ablation).
+    ``backend``: ``ray`` (Ray Train jobs) or ``local`` (every job in this process)."""
     job = absolute_paths(job)
     info = load_info(job.data.path)
     uri = job.tracking_uri or tracking.tracking_uri()
     name = job.train.name or f"pipeline-{info['name']}-seed{job.train.seed}"
-    parent = tracking.start_run(uri, f"partkd/{info['name']}", name, job.flat(),
-                                {"kind": "pipeline", "dataset_fingerprint": info["fingerprint"]},
-                                parent_run_id=job.parent_run_id or None)
-    job = replace(job, tracking_uri=uri, parent_run_id=parent)
-    try:
-        result = _stages(job, info, name, say, objectives)
-    except BaseException:
-        tracking.end_run(uri, parent, "FAILED")
-        raise
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "results.md").write_text(result.markdown)
-        (Path(tmp) / "results.csv").write_text(result.csv)
-        tracking.log_artifacts(uri, parent, tmp, "results")
-    tracking.log_metrics(uri, parent, {f"test/top1/{r['key']}/op{r['op']:.1f}": r["top1"] for r in result.rows})
-    tracking.end_run(uri, parent)
+    with tracking.run(uri, f"partkd/{info['name']}", name, job.flat(),
+                      {"kind": "pipeline", "dataset_fingerprint": info["fingerprint"]},
+                      parent_run_id=job.parent_run_id or None) as parent:
+        job = replace(job, tracking_uri=uri, parent_run_id=parent)
+        result = _stages(job, info, name, say, objectives, backend)
+        tracking.log_texts(uri, parent, {"results/results.md": result.markdown, "results/results.csv": result.csv})
+        tracking.log_metrics(uri, parent, {f"test/top1/{r['key']}/op{r['op']:.1f}": r["top1"] for r in result.rows})
     result.run_id = parent
     return result
 
 
-def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, ...]) -> PipelineResult:
-    evaluate = dict(protocol=job.data.protocol, frames=job.data.frames, persons=job.data.persons, seed=job.data.seed,
-                    occlusion_unit=job.data.occlusion_unit)
+def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, ...], backend: str) -> PipelineResult:
     stages = 2 + len(objectives)
     say(f"[1/{stages}] teacher: ST-GCN on HQ {info['hq_layout']} ({job.train.epochs} epochs, "
         f"{job.train.num_workers} Ray Train worker(s))")
-    teacher = train_teacher(replace(job, train=replace(job.train, name=f"{name}-teacher")), say)
+    teacher = train_teacher(replace(job, train=replace(job.train, name=f"{name}-teacher")), say, backend=backend)
     say(f"      val top-1 {100 * teacher.metrics['val/top1']:.1f}%   checkpoint {teacher.checkpoint}")
 
     say(f"[2/{stages}] part matrix E ({job.loss.grouping}) from teacher occlusion tests")
-    part_matrix = part_matrix_for_teacher(teacher.checkpoint, job.data.path, job.data.protocol, job.loss.grouping,
-                                          frames=job.data.frames, persons=job.data.persons)
-    tracking.log_artifacts(job.tracking_uri, job.parent_run_id, part_matrix, "part_matrix")
-    tracking.log_artifacts(job.tracking_uri, job.parent_run_id, part_matrix.with_suffix(".png"), "part_matrix")
+    part_matrix = part_matrix_for_teacher(teacher.checkpoint, job.data, job.loss.grouping)
+    for file in (part_matrix, part_matrix.with_suffix(".png")):
+        tracking.log_artifacts(job.tracking_uri, job.parent_run_id, file, "part_matrix")
 
-    students = {}
-    for step, objective in enumerate(objectives, start=3):
-        say(f"[{step}/{stages}] {STUDENT_LABELS[objective].lower()}: ST-GCN on LQ {info['lq_layout']}, "
-            f"loss {objective}")
+    students: dict[str, JobResult] = {}
+    for step, objective in enumerate(map(get_objective, objectives), start=3):
+        say(f"[{step}/{stages}] {objective.label.lower()}: ST-GCN on LQ {info['lq_layout']}, loss {objective.name}")
         student_job = replace(job, teacher_checkpoint=str(teacher.checkpoint), part_matrix=str(part_matrix),
-                              loss=replace(job.loss, objective=objective),
-                              train=replace(job.train, name=f"{name}-student-{objective}"))
-        students[objective] = train_student(student_job, say)
-        say(f"      val top-1 {100 * students[objective].metrics['val/top1']:.1f}%")
+                              loss=replace(job.loss, objective=objective.name),
+                              train=replace(job.train, name=f"{name}-student-{objective.name}"))
+        students[objective.name] = train_student(student_job, say, backend=backend)
+        say(f"      val top-1 {100 * students[objective.name].metrics['val/top1']:.1f}%")
 
     say("evaluating on the test split at OP " + ", ".join(f"{p:g}" for p in job.data.eval_occlusion_probs))
-    rows = []
     models = [("teacher", "Teacher", teacher, f"HQ {info['hq_layout']}", (0.0,))]
-    models += [(f"student_{objective}", STUDENT_LABELS[objective], students[objective], f"LQ {info['lq_layout']}",
-                job.data.eval_occlusion_probs) for objective in objectives]
+    models += [(f"student_{o}", get_objective(o).label, students[o], f"LQ {info['lq_layout']}",
+                job.data.eval_occlusion_probs) for o in objectives]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for key, label, result, skeleton, probs in models:
-            for ev in evaluate_checkpoint(result.checkpoint, job.data.path, occlusion_probs=probs, **evaluate):
+            for ev in evaluate_checkpoint(result.checkpoint, occlusion_probs=probs):
                 rows.append({"key": key, "model": label, "skeleton": skeleton, "op": ev.occlusion_prob,
                              "top1": ev.top1, "top5": ev.top5})
                 if ev.occlusion_prob == 0.0:
@@ -125,4 +114,4 @@ def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, .
                     tracking.log_artifacts(job.tracking_uri, job.parent_run_id, png, "confusion")
     markdown, csv = results_table(rows, job.data.protocol)
     checkpoints = {"teacher": teacher.checkpoint, **{f"student_{k}": v.checkpoint for k, v in students.items()}}
-    return PipelineResult(rows, markdown, csv, "", checkpoints)
+    return PipelineResult(rows, markdown, csv, "", checkpoints, part_matrix)

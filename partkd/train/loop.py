@@ -1,0 +1,219 @@
+"""The per-worker training loop (paper Sec. 3.3): teacher (Eq. 2) and student (Eq. 4) share it.
+
+:func:`fit` reads like the paper: build the model (and, for a student, the frozen teacher's side of the distillation
+term), then each epoch train (:func:`train_epoch`), evaluate, report. Randomness (dropout, shuffling, bank sampling)
+is reseeded from (seed, epoch, rank) at the start of each epoch and the transforms are seeded per sample, so a
+resumed job follows the same path as an uninterrupted one. Everything outside the loop (Ray, MLflow, files) goes
+through the :class:`~partkd.train.session.WorkerSession`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from partkd.layouts import Layout, get_layout
+from partkd.models import model_input
+from partkd.train.checkpoint import CheckpointMeta, restore_train_state, save_checkpoint, unwrap
+from partkd.train.config import JobConfig, TrainConfig
+from partkd.train.distill import Distiller
+from partkd.train.objectives import get_objective, weighted_terms
+from partkd.train.session import RaySession, WorkerSession
+
+
+class InjectedFailure(RuntimeError):
+    """``train.fail_at_epoch``: a worker failing on purpose, to test that a job resumes."""
+
+
+class StepResult(NamedTuple):
+    terms: dict[str, Tensor]  # named, unweighted loss terms ("loss/ce", "loss/pmsc")
+    logits: Tensor  # (B, K)
+    counts: dict[str, Tensor]  # per-step counts summed over the epoch ("kd/undefined")
+
+
+def all_reduce_sum(values: Tensor) -> Tensor:
+    """Sum over DDP ranks (identity when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+class EpochMeters:
+    """Named sums over an epoch, kept on the device (no host sync per step), summed over ranks at the end.
+
+    ``means`` are per-sample sums reported as means; ``counts`` are reported as totals. Every rank holds the same
+    names, so the reduction lines up even on a rank that saw no batch.
+    """
+
+    def __init__(self, device: torch.device, means: Iterable[str], counts: Iterable[str] = ()):
+        self.means, self.counts = tuple(means), tuple(counts)
+        self.sums = {name: torch.zeros((), device=device) for name in (*self.means, *self.counts)}
+        self.samples = 0  # known on the host: batch sizes
+
+    def add(self, name: str, total: Tensor) -> None:
+        self.sums[name] += total.detach().float()
+
+    def reduce(self) -> dict[str, float]:
+        names = list(self.sums)
+        values = torch.stack([self.sums[n] for n in names] + [torch.tensor(float(self.samples),
+                                                                           device=self.sums[names[0]].device)])
+        *totals, samples = all_reduce_sum(values).tolist()
+        out = {n: t / max(samples, 1) if n in self.means else t for n, t in zip(names, totals)}
+        out["samples"] = samples
+        return out
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, object]:
+    """The paper's SGD (momentum 0.9, weight decay 1e-4) with lr x gamma at each milestone epoch."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    return optimizer, scheduler
+
+
+def seed_epoch(train: TrainConfig, epoch: int, rank: int) -> torch.Generator:
+    """Reseed torch for an epoch of one rank; returns a generator of the same seed (bank sampling)."""
+    seed = (train.seed * 1_000_003 + epoch) * 64 + rank
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class Task:
+    """What teacher and student differ in: the side they read and the terms of their loss."""
+
+    side: str
+    weights: dict[str, float]  # term name -> weight in the total loss
+    counts: tuple[str, ...] = ()
+
+    def step(self, model: nn.Module, batch: dict, generator: torch.Generator) -> StepResult:
+        raise NotImplementedError
+
+
+class TeacherTask(Task):
+    """Eq. 2: cross-entropy on the HQ skeletons."""
+
+    side = "hq"
+    weights = {"loss/ce": 1.0}
+
+    def __init__(self, layout: Layout, session: WorkerSession):
+        self.layout, self.session = layout, session
+
+    def step(self, model: nn.Module, batch: dict, generator: torch.Generator) -> StepResult:
+        with self.session.autocast():
+            logits = model(model_input(batch["hq_x"], batch["hq_score"], self.layout)).logits
+        return StepResult({"loss/ce": F.cross_entropy(logits.float(), batch["label"])}, logits, {})
+
+
+class StudentTask(Task):
+    """Eq. 4: cross-entropy on the LQ skeletons plus alpha times the objective's distillation term."""
+
+    side = "lq"
+
+    def __init__(self, layout: Layout, session: WorkerSession, job: JobConfig, model: nn.Module):
+        self.layout, self.session = layout, session
+        self.objective = get_objective(job.loss.objective)
+        self.weights = weighted_terms(self.objective, job.loss.alpha)
+        self.counts = ("kd/undefined",) if self.objective.distills else ()
+        self.distiller = Distiller(job, session, layout) if self.objective.distills else None
+        self.projection = unwrap(model).projection if self.objective.projects else None
+
+    def step(self, model: nn.Module, batch: dict, generator: torch.Generator) -> StepResult:
+        with self.session.autocast():
+            out = model(model_input(batch["lq_x"], batch["lq_score"], self.layout))
+        terms = {"loss/ce": F.cross_entropy(out.logits.float(), batch["label"])}
+        if self.distiller is None:
+            return StepResult(terms, out.logits, {})
+        terms[self.objective.term], undefined = self.distiller.term(out, self.projection, batch, generator)
+        return StepResult(terms, out.logits, {"kd/undefined": undefined})
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, batches: Iterable[dict],
+                generator: torch.Generator, device: torch.device) -> dict[str, float]:
+    """One pass over the training batches: each step minimises the weighted sum of the task's terms. Returns the
+    epoch's per-sample means of every term, ``loss/total``, ``train/top1``, the counts and ``samples_per_s``."""
+    model.train()
+    meters = EpochMeters(device, means=(*task.weights, "train/top1"), counts=task.counts)
+    began = time.perf_counter()
+    for batch in batches:
+        result = task.step(model, batch, generator)
+        loss = sum(weight * result.terms[name] for name, weight in task.weights.items())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        size = len(batch["label"])
+        for name in task.weights:
+            meters.add(name, result.terms[name] * size)
+        meters.add("train/top1", (result.logits.argmax(1) == batch["label"]).sum())
+        for name, value in result.counts.items():
+            meters.add(name, value)
+        meters.samples += size
+    metrics = meters.reduce()
+    samples = metrics.pop("samples")
+    metrics["loss/total"] = sum(weight * metrics[name] for name, weight in task.weights.items())
+    metrics["samples_per_s"] = samples / (time.perf_counter() - began)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_top1(model: nn.Module, batches: Iterable[dict], side: str, layout: Layout,
+                  session: WorkerSession) -> float:
+    """Top-1 over every rank's part of the validation split."""
+    model.eval()
+    meters = EpochMeters(session.device, means=("top1",))
+    for batch in batches:
+        with session.autocast():
+            logits = model(model_input(batch[f"{side}_x"], batch[f"{side}_score"], layout)).logits
+        meters.add("top1", (logits.argmax(1) == batch["label"]).sum())
+        meters.samples += len(batch["label"])
+    return meters.reduce()["top1"]
+
+
+def inject_failure(job: JobConfig, session: WorkerSession, epoch: int) -> None:
+    """``train.fail_at_epoch``: the last rank raises once, after that epoch's checkpoint (a marker file in the run's
+    folder says it did), so the restarted job goes on."""
+    if epoch != job.train.fail_at_epoch or session.rank != session.world_size - 1:
+        return
+    marker = Path(job.train.storage_path) / job.train.name / "injected_failure"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"epoch {epoch}\n")
+        raise InjectedFailure(f"fail_at_epoch={epoch}: injected worker failure (testing fault tolerance)")
+
+
+def fit(job: JobConfig, meta: CheckpointMeta, session: WorkerSession) -> None:
+    """Train the model ``meta`` describes: every epoch trains, evaluates on the validation split and reports a
+    checkpoint; a job with a checkpoint resumes after it."""
+    layout = get_layout(meta.model.layout)
+    torch.manual_seed(job.train.seed)  # the same initial weights on every rank and in every run of the seed
+    model = session.prepare_model(meta.model.build())
+    optimizer, scheduler = make_optimizer(model, job.train)
+    task = TeacherTask(layout, session) if meta.side == "hq" else StudentTask(layout, session, job, model)
+    with session.restored() as checkpoint:
+        start = restore_train_state(checkpoint, model, optimizer, scheduler) if checkpoint else 0
+    for epoch in range(start, job.train.epochs):
+        generator = seed_epoch(job.train, epoch, session.rank)
+        metrics = train_epoch(model, optimizer, task, session.batches("train", epoch, shuffle=True), generator,
+                              session.device)
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        scheduler.step()
+        metrics["val/top1"] = evaluate_top1(model, session.batches("val", epoch, shuffle=False), task.side, layout,
+                                            session)
+        epoch_meta = replace(meta, metrics=metrics)
+        session.report(epoch, metrics, partial(save_checkpoint, model=model, meta=epoch_meta, optimizer=optimizer,
+                                               scheduler=scheduler, epoch=epoch))
+        inject_failure(job, session, epoch)
+
+
+def ray_worker(config: dict) -> None:
+    """``train_loop_per_worker`` of a ``TorchTrainer``: the config rebuilt on the worker's first line."""
+    job, meta = JobConfig.from_dict(config["job"]), CheckpointMeta.from_json(config["meta"])
+    fit(job, meta, RaySession(job))

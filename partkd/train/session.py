@@ -1,0 +1,242 @@
+"""What a worker loop needs from the world around it, behind one small interface (:class:`WorkerSession`).
+
+The loop (:mod:`partkd.train.loop`) reads batches, prepares its model, restores the latest checkpoint and reports each
+epoch through a session; it never calls Ray or MLflow itself. :class:`RaySession` is a Ray Train worker (Ray Data
+shards, DDP, ``ray.train.report``); :class:`LocalSession` runs the same loop in one process without Ray, on the same
+shards through the same transform, with checkpoints in the run's folder: for debugging and for fast tests.
+Either logs each epoch's metrics to the job's MLflow run from rank 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from torch import Tensor, nn
+
+from partkd import tracking
+from partkd.data.raydata import SideTransform, read_shards
+from partkd.data.shards import iter_batches
+from partkd.data.splits import Protocol, WithValidation
+from partkd.train.config import JobConfig
+
+# ``<storage>/<name>/checkpoint_*``: Ray Train's checkpoint folders, and the local session's (epoch-numbered)
+CHECKPOINT_GLOB = "checkpoint_*"
+CHECKPOINTS_KEPT = 2
+# data.cache=auto keeps a job's transformed splits in the object store when they take at most this share of it (a
+# study runs several jobs at once). The transforms are seeded per sample, so every epoch would compute the same rows;
+# caching them drops Ray Data's per-epoch restart (a 3-epoch tiny job: 38-41 s instead of 59-71 s, 2-core machine).
+CACHE_SHARE = 0.1
+
+
+def autocast(device: torch.device, bf16: bool = True):
+    """bf16 autocast on a CUDA device (when ``bf16``); a no-op elsewhere. The one place the dtype is chosen."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What a job's workers read: the rows of a split that have side ``require``, transformed by ``transform``.
+
+    ``train`` is the training split; ``val`` is the split a job validates on (the protocol's test split, or with
+    ``data.val_fraction`` the validation slice held out of training).
+    """
+
+    path: str
+    splits: Protocol | WithValidation
+    val_split: str  # "test" or "val"
+    require: str  # "hq" (teacher) or "lq" (student)
+    transform: SideTransform
+    batch_size: int
+    cache: str = "stream"  # data.cache: auto | memory | stream (Ray only; the local session reads each split once)
+    rows: int = 0  # the dataset's rows, an upper bound of any split's
+
+    def split_name(self, name: str) -> str:
+        return {"train": "train", "val": self.val_split}[name]
+
+    def ray_datasets(self) -> dict:
+        """``train`` and ``val`` as Ray Data datasets: filters pushed down into the Parquet read, then the
+        transform per batch."""
+        from ray.data.expressions import col
+
+        datasets = {}
+        for name in ("train", "val"):
+            predicate = self.splits.ray_filter(self.split_name(name)) & col(self.require).is_not_null()
+            datasets[name] = read_shards(self.path, filter=predicate).map_batches(
+                self.transform, batch_format="pyarrow", batch_size=self.batch_size)
+            if self.cached():
+                datasets[name] = datasets[name].materialize()  # read and transformed once, not every epoch
+        return datasets
+
+    def cached(self) -> bool:
+        """Whether the transformed splits are kept in Ray's object store (``data.cache``): with ``auto``, when every
+        row of the dataset would take at most :data:`CACHE_SHARE` of the cluster's object store."""
+        if self.cache != "auto":
+            return self.cache == "memory"
+        import ray
+
+        store = ray.cluster_resources().get("object_store_memory", 0.0)
+        return self.rows * self.transform.row_bytes() <= CACHE_SHARE * store
+
+    def local_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
+        """Transformed batches of ``split`` (a split of ``splits``: train, test or val), in storage order, read in
+        this process (no Ray)."""
+        predicate = self.splits.filter(split) & pc.field(self.require).is_valid()
+        for batch, _, file in iter_batches(self.path, filter=predicate, batch_size=self.batch_size):
+            yield self.transform.transform(batch, file)
+
+    def arrays(self, name: str) -> dict[str, np.ndarray]:
+        """The whole of ``train`` or ``val`` transformed, in storage order, in this process."""
+        parts = list(self.local_batches(self.split_name(name)))
+        if not parts:
+            raise ValueError(f"{self.path}: split {self.split_name(name)!r} has no sample with a {self.require} side")
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+class WorkerSession:
+    """One worker's view of its job: rank, device, data, checkpoints and reports."""
+
+    def __init__(self, job: JobConfig, rank: int, world_size: int, device: torch.device):
+        self.job, self.rank, self.world_size, self.device = job, rank, world_size, device
+
+    def autocast(self):
+        return autocast(self.device, self.job.train.bf16)
+
+    def batches(self, split: str, epoch: int, shuffle: bool) -> Iterable[dict[str, Tensor]]:
+        """This worker's batches of ``train`` or ``val`` on its device; shuffled (seeded by epoch) if asked."""
+        raise NotImplementedError
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def restored(self) -> contextlib.AbstractContextManager[Path | None]:
+        """The latest checkpoint's folder while inside, or None when the job starts afresh."""
+        raise NotImplementedError
+
+    def report(self, epoch: int, metrics: dict, write_checkpoint: Callable[[Path], None]) -> None:
+        """End of an epoch: metrics to MLflow (rank 0) and to the trainer, with a checkpoint written into a folder."""
+        raise NotImplementedError
+
+    def log_metrics(self, metrics: dict, epoch: int) -> None:
+        if self.rank == 0 and self.job.mlflow_run_id:
+            tracking.log_epoch_metrics(self.job.tracking_uri, self.job.mlflow_run_id, metrics, epoch)
+
+    def shuffle_seed(self, epoch: int) -> int:
+        return self.job.train.seed * 1_000_003 + epoch
+
+
+class RaySession(WorkerSession):
+    """A Ray Train worker: its Ray Data shard, DDP through ``prepare_model``, ``ray.train.report`` per epoch."""
+
+    def __init__(self, job: JobConfig):
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        super().__init__(job, context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
+        self._tagging = None
+        if self.rank == 0 and job.mlflow_run_id:  # where the job ran (the last attempt's rank 0), for a cluster's logs
+            import ray
+
+            # in the background: MLflow's import and store set-up take seconds (7 s with a SQLite store on the 2-core
+            # machine), while DDP and the dataset shards start; the first report waits for it
+            self._tagging = threading.Thread(target=tracking.set_tags, daemon=True, args=(
+                job.tracking_uri, job.mlflow_run_id, {"ray.node_id": ray.get_runtime_context().get_node_id()}))
+            self._tagging.start()
+
+    def batches(self, split: str, epoch: int, shuffle: bool) -> Iterable[dict[str, Tensor]]:
+        import ray.train
+
+        size = self.job.data.batch_size
+        return ray.train.get_dataset_shard(split).iter_torch_batches(
+            batch_size=size, device=self.device, local_shuffle_buffer_size=4 * size if shuffle else None,
+            local_shuffle_seed=self.shuffle_seed(epoch) if shuffle else None)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+
+    def report(self, epoch: int, metrics: dict, write_checkpoint: Callable[[Path], None]) -> None:
+        import ray.train
+
+        if self._tagging is not None:
+            self._tagging.join()
+            self._tagging = None
+        self.log_metrics(metrics, epoch)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.rank == 0:
+                write_checkpoint(Path(tmp))
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            # epochs_done: the time axis of a study's early stopping, right across a resumed run
+            ray.train.report({**metrics, "epoch": epoch, "epochs_done": epoch + 1}, checkpoint=checkpoint)
+
+
+class LocalSession(WorkerSession):
+    """The job in this process, without Ray: one worker on CPU (or the first GPU with ``train.use_gpu``).
+
+    Each split is read and transformed once (the transforms are seeded per sample, so every epoch sees the same
+    tensors, as on Ray); a shuffled epoch is a permutation seeded by (seed, epoch). Checkpoints go to
+    ``<folder>/checkpoint_<epoch>`` (the last two kept), where a job started again finds them.
+    """
+
+    def __init__(self, job: JobConfig, inputs: JobInputs, folder: Path):
+        use_gpu = job.train.use_gpu and torch.cuda.is_available()
+        super().__init__(job, 0, 1, torch.device("cuda" if use_gpu else "cpu"))
+        self.inputs, self.folder = inputs, Path(folder)
+        self.last_metrics: dict = {}
+        self._arrays: dict[str, dict[str, np.ndarray]] = {}
+
+    def batches(self, split: str, epoch: int, shuffle: bool) -> Iterator[dict[str, Tensor]]:
+        if split not in self._arrays:
+            self._arrays[split] = self.inputs.arrays(split)
+        arrays = self._arrays[split]
+        count, size = len(arrays["label"]), self.job.data.batch_size
+        order = np.random.default_rng(self.shuffle_seed(epoch)).permutation(count) if shuffle else np.arange(count)
+        for start in range(0, count, size):
+            rows = order[start:start + size]
+            yield {key: torch.from_numpy(values[rows]).to(self.device) for key, values in arrays.items()}
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[Path | None]:
+        saved = sorted(self.folder.glob(CHECKPOINT_GLOB))
+        yield saved[-1] if saved else None
+
+    def report(self, epoch: int, metrics: dict, write_checkpoint: Callable[[Path], None]) -> None:
+        self.log_metrics(metrics, epoch)
+        target = self.folder / f"checkpoint_{epoch:06d}"
+        partial = self.folder / f".{target.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        write_checkpoint(partial)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(partial, target)  # a checkpoint is there whole or not at all
+        for old in sorted(self.folder.glob(CHECKPOINT_GLOB))[:-CHECKPOINTS_KEPT]:
+            shutil.rmtree(old)
+        self.last_metrics = {**metrics, "epoch": epoch, "epochs_done": epoch + 1}
+
+    def latest_checkpoint(self) -> Path:
+        return sorted(self.folder.glob(CHECKPOINT_GLOB))[-1]
