@@ -1,15 +1,15 @@
-"""``partkd data convert | degrade | show``: real datasets in, simulated LQ sides, and a look at one sample.
+"""``partkd data``: make, convert, degrade, inspect and check skeleton datasets.
 
-:func:`register` adds the three subcommands to the ``partkd data`` subparsers. Each converter prints progress to
-stderr on large inputs (in place on a terminal, every 5% in a log) and its report to stdout.
+:func:`register` adds ``synth``, ``convert``, ``degrade``, ``show``, ``info`` and ``validate`` to the ``partkd``
+subparsers. Long work prints progress to stderr (in place on a terminal, every 5% in a log) and its report to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
+from pathlib import Path
 
+from partkd.cli.progress import ProgressPrinter
 from partkd.data.noise import NOISE_PROFILES
 from partkd.layouts import LAYOUTS
 
@@ -17,22 +17,71 @@ FORMATS = ("ntu", "pyskl", "pose-json", "penn", "kinect-v1")
 LAYOUTS_2D = sorted(name for name, layout in LAYOUTS.items() if layout.dims == 2)
 
 
-class ProgressPrinter:
-    """``(done, total)`` callback: one status line, rewritten in place on a terminal; every 5% as a line in a log."""
+def format_info(info: dict, path: str | Path) -> str:
+    """Human summary of ``dataset.json``."""
+    counts = info["counts"]
+    size = sum((Path(path) / s["file"]).stat().st_size for s in info["shards"] if (Path(path) / s["file"]).exists())
+    lines = [
+        f"dataset      {info['name']}  ({path})",
+        f"layouts      hq={info['hq_layout']}  lq={info['lq_layout']}",
+        f"samples      {counts['samples']}  paired={counts['paired']}  solitary={counts['solitary']}  "
+        f"hq-only={counts['hq_only']}",
+        f"shards       {len(info['shards'])}  ({size / 1e6:.1f} MB)   fingerprint {info['fingerprint'][:16]}",
+        f"complete     {info.get('complete', False)}",
+    ]
+    if info.get("info"):
+        lines.append("made by")
+        lines += [f"  {k:<22} {str(v) if len(str(v)) <= 90 else str(v)[:87] + '...'}" for k, v in info["info"].items()]
+    header = f"{'class':<28}{'all':>6}"
+    columns = [counts["per_class"]]
+    for protocol, parts in info["splits"].items():
+        for split in ("train", "test"):
+            header += f" {protocol + '/' + split:>14}"
+            columns.append(parts[split]["per_class"])
+    lines += ["", header]
+    for k, name in enumerate(info["class_names"]):
+        lines.append(f"{name[:27]:<28}" + f"{columns[0][k]:>6}" + "".join(f" {c[k]:>14}" for c in columns[1:]))
+    totals = f"{'total':<28}{counts['samples']:>6}"
+    for parts in info["splits"].values():
+        totals += "".join(f" {parts[s]['samples']:>14}" for s in ("train", "test"))
+    lines.append(totals)
+    return "\n".join(lines)
 
-    def __init__(self, label: str, min_total: int = 200, stream=None):
-        self.label, self.min_total, self.stream = label, min_total, stream or sys.stderr
-        self.start = time.perf_counter()
 
-    def __call__(self, done: int, total: int) -> None:
-        if total and total < self.min_total:
-            return
-        rate = done / max(time.perf_counter() - self.start, 1e-9)
-        line = f"{self.label}: {done}/{total or '?'} ({rate:,.0f}/s)"
-        if self.stream.isatty():
-            print(line, end="\n" if done == total else "\r", file=self.stream, flush=True)
-        elif (done * 20 // total != (done - 1) * 20 // total) if total else done % 1000 == 0:
-            print(line, file=self.stream, flush=True)
+def format_report(report) -> str:
+    if report.ok:
+        return f"OK: {report.path}: {report.samples} samples in {report.shards} shards passed every check"
+    lines = [f"FAILED: {report.path}: {len(report.problems)} problem(s)"]
+    lines += [f"  {p}" for p in report.problems[:50]]
+    if len(report.problems) > 50:
+        lines.append(f"  ... and {len(report.problems) - 50} more")
+    return "\n".join(lines)
+
+
+def cmd_synth(args) -> int:
+    from partkd.data.synth import SynthConfig, write_synthetic
+
+    cfg = SynthConfig(samples=args.samples, classes=args.classes, seed=args.seed, frames=args.frames,
+                      paired_fraction=args.paired_fraction, noise=args.noise, two_person=args.two_person)
+    info = write_synthetic(args.out, cfg, overwrite=args.overwrite, rows_per_shard=args.rows_per_shard,
+                           progress=ProgressPrinter("synth", min_total=0, unit="samples"))
+    print(format_info(info, args.out))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from partkd.data.shards import load_info
+
+    print(format_info(load_info(args.dir), args.dir))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from partkd.data.validate import validate_dataset
+
+    report = validate_dataset(args.dir)
+    print(format_report(report))
+    return 0 if report.ok else 1
 
 
 def _class_names(path: str | None) -> list[str] | None:
@@ -112,8 +161,28 @@ def _convert_parser(formats, name: str, help: str, *, many: bool = True, side: s
     return p
 
 
-def register(data_subparsers) -> None:
-    """Add ``convert``, ``degrade`` and ``show`` to the ``partkd data`` subparsers."""
+def _synth_parser(data_subparsers) -> None:
+    p = data_subparsers.add_parser("synth", help="generate a synthetic paired HQ/LQ dataset")
+    p.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--classes", type=int, default=16, help="number of action classes (the generator has 16, "
+                                                            "18 with --two-person)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=300, help="nominal sequence length T; samples last 60-100%% of it")
+    p.add_argument("--paired-fraction", type=float, default=0.8, help="share of samples that keep their HQ side")
+    p.add_argument("--noise", default="fast-estimator", choices=sorted(NOISE_PROFILES),
+                   help="estimator noise profile of the LQ side")
+    p.add_argument("--two-person", action="store_true", help="include the two-person classes")
+    p.add_argument("--rows-per-shard", type=int, default=1024)
+    p.add_argument("--overwrite", action="store_true", help="replace the shards of an existing dataset in --out")
+    p.set_defaults(func=cmd_synth)
+
+
+def register(commands) -> None:
+    """Add the ``data`` command group to the ``partkd`` subparsers."""
+    data_subparsers = commands.add_parser("data", help="create, inspect and check skeleton datasets").add_subparsers(
+        dest="data_command", required=True)
+    _synth_parser(data_subparsers)
     convert = data_subparsers.add_parser(
         "convert", help="convert a real skeleton dataset to Parquet shards",
         description="Convert a real skeleton dataset to partkd Parquet shards (one side; --pair-with pairs it with "
@@ -173,3 +242,10 @@ def register(data_subparsers) -> None:
     p.add_argument("--out", help="output file (default <sample_id>.png or .gif in the current directory)")
     p.set_defaults(func=cmd_show)
 
+    p = data_subparsers.add_parser("info", help="print a dataset's summary")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_info)
+    p = data_subparsers.add_parser("validate", help="check schema, layouts, shapes, values, labels, checksums, "
+                                                    "duplicates")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_validate)

@@ -1,4 +1,4 @@
-"""Training-step throughput: a teacher step and student KD steps (``python -m partkd.bench``).
+"""Training-step throughput: a teacher step and student KD steps (``partkd bench train``, ``python -m partkd.bench``).
 
 Teacher step: ST-GCN on ``ntu25`` high-quality skeletons, cross-entropy (Eq. 2), SGD. Student KD step: ST-GCN on
 ``coco17`` low-quality skeletons (2D + score), the frozen teacher's forward on the paired high-quality batch, part

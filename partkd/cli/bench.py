@@ -1,0 +1,65 @@
+"""``partkd bench data | train | kd``: benchmarks that print figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from partkd.cli.progress import say
+
+
+def cmd_bench_data(args) -> int:
+    from partkd.bench.data import run_data_bench
+
+    say(f"data benchmark: {args.samples} samples, T={args.frames}, M=2, single process (median of {args.repeats})")
+    for row in run_data_bench(samples=args.samples, frames=args.frames, repeats=args.repeats):
+        print(f"  {row['stage']:<42} {row['samples_per_s']:>10,.0f} samples/s per core")
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from partkd.bench.train import main as train_bench
+
+    train_bench(args.extra)
+    return 0
+
+
+def cmd_bench_kd(args) -> int:
+    from partkd.bench.kd import run_kd_bench, synthetic_dataset
+
+    out = Path(args.out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    objectives = tuple(o.strip() for o in args.objectives.split(","))
+    if args.data:  # one given dataset: the seeds vary training and occlusion masks, not the data
+        if args.paired_fraction is not None:
+            raise ValueError("--paired-fraction makes synthetic datasets; with --data, degrade the dataset instead "
+                             "(partkd data degrade --paired-fraction)")
+        datasets = {seed: Path(args.data) for seed in seeds}
+    else:
+        paired = 1.0 if args.paired_fraction is None else args.paired_fraction
+        datasets = {seed: synthetic_dataset(out, args.preset, seed, paired, say) for seed in seeds}
+    run_kd_bench(out, datasets, objectives, args.preset, list(args.set or []), say=say)
+    print(f"results: {out / 'results.md'}  (per seed: {out / 'results.csv'})")
+    return 0
+
+
+def register(commands) -> None:
+    bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
+        dest="bench_command", required=True)
+    p = bench.add_parser("data", help="synthetic generation, shard writing, read + transform (samples/s per core)")
+    p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=cmd_bench_data)
+    p = bench.add_parser("train", help="teacher and student KD training steps (samples/s); "
+                                       "options: --shapes cpu,ntu,tiny --dtypes fp32,bf16 --steps --warmup --device",
+                         add_help=False)
+    p.set_defaults(func=cmd_bench_train, passthrough=True)  # its options go to partkd.bench.train
+    p = bench.add_parser("kd", help="the synthetic benchmark: teacher and students over seeds, mean +- std at each OP")
+    p.add_argument("--out", default="runs/bench-kd", help="working directory (datasets, checkpoints, results)")
+    p.add_argument("--seeds", default="1,2,3", help="each seed draws its own dataset, training run and masks")
+    p.add_argument("--objectives", default="ce,kl,global_msc,pmsc", help="student objectives (ce = without KD)")
+    p.add_argument("--paired-fraction", type=float, help="share of synthetic samples with an HQ side (default 1)")
+    p.add_argument("--data", help="an existing dataset (e.g. converted + degraded) instead of synthetic ones")
+    p.add_argument("--preset", choices=("full", "smoke"), default="full")
+    p.add_argument("--set", action="append", help="override a setting, e.g. --set loss.alpha=2")
+    p.set_defaults(func=cmd_bench_kd)
