@@ -37,12 +37,12 @@ from ray.tune.search.optuna import OptunaSearch
 import partkd
 from partkd import tracking
 from partkd.data.shards import load_info
-from partkd.data.synth import SynthConfig
-from partkd.train.common import load_meta
+from partkd.data.synth import SynthConfig, write_synthetic
+from partkd.train.checkpoint import load_meta
 from partkd.train.config import JobConfig, LossConfig, load_config
 from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher
 from partkd.train.jobs import absolute_paths, ensure_ray, train_student, train_teacher
-from partkd.train.study import summarise
+from partkd.train.results import summarise
 from tuning.plots import log_search_plots
 from tuning.space import METRIC, TRIAL_DRIVER_CPUS, Study, StudyConfig, load_study, max_concurrent_trials, to_settings
 
@@ -129,16 +129,11 @@ def run_study(study: Study, resume: bool = False, say: Callable[[str], None] = p
     params = {**job.flat(), **{f"space.{k}": repr(v) for k, v in study.space.items()},
               **{f"study.{k}": v for k, v in cfg.__dict__.items()}}
     code = Path(partkd.data.__file__).resolve().parents[1]  # under `ray job submit`: in the uploaded working dir
-    parent = tracking.start_run(job.tracking_uri, f"partkd/{info['name']}", f"study-{cfg.name}", params,
-                                {"kind": "study", "dataset_fingerprint": info["fingerprint"], "partkd.path": code},
-                                resume_unfinished=resume)
-    job = replace(job, parent_run_id=parent)
-    try:
-        result = _stages(study, job, info, folder, say)
-    except BaseException:
-        tracking.end_run(job.tracking_uri, parent, "FAILED")
-        raise
-    tracking.end_run(job.tracking_uri, parent)
+    with tracking.run(job.tracking_uri, f"partkd/{info['name']}", f"study-{cfg.name}", params,
+                      {"kind": "study", "dataset_fingerprint": info["fingerprint"], "partkd.path": code,
+                       "ray.node_id": ray.get_runtime_context().get_node_id()},  # where the driver ran
+                      resume_unfinished=resume) as parent:
+        result = _stages(study, replace(job, parent_run_id=parent), info, folder, say)
     result.run_id = parent
     return result
 
@@ -149,11 +144,8 @@ def _study_job(study: Study, folder: Path) -> JobConfig:
     if cfg.synth_samples and not job.data.path:
         job = replace(job, data=replace(job.data, path=str(folder / "data")))
     if cfg.synth_samples and not (Path(job.data.path) / "dataset.json").exists():
-        from partkd.cli import synthesize
-
-        synthesize(Path(job.data.path), SynthConfig(samples=cfg.synth_samples, classes=cfg.synth_classes,
-                                                    frames=job.data.frames, seed=cfg.synth_seed),
-                   overwrite=True, quiet=True)
+        write_synthetic(job.data.path, SynthConfig(samples=cfg.synth_samples, classes=cfg.synth_classes,
+                                                   frames=job.data.frames, seed=cfg.synth_seed), overwrite=True)
     if job.data.val_fraction == 0.0:
         raise ValueError("a study validates on a slice of the training split, never the test split: "
                          "set data.val_fraction in its [job]")
@@ -172,9 +164,7 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> Stud
     groupings = sorted({job.loss.grouping, PAPER_SETTINGS["loss.grouping"],
                         *getattr(study.space.get("loss.grouping"), "choices", ())})
     say(f"part matrices E ({', '.join(groupings)}) from the teacher's occlusion tests")
-    matrices = {g: str(part_matrix_for_teacher(teacher, job.data.path, job.data.protocol, g, frames=job.data.frames,
-                                               persons=job.data.persons, val_fraction=job.data.val_fraction,
-                                               val_seed=job.data.val_seed)) for g in groupings}
+    matrices = {g: str(part_matrix_for_teacher(teacher, job.data, g)) for g in groupings}
     for matrix in matrices.values():
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, matrix, "part_matrix")
     job = replace(job, teacher_checkpoint=str(teacher))
@@ -218,10 +208,10 @@ def _teacher(cfg: StudyConfig, job: JobConfig, say) -> Path:
     """The given teacher, the study's own if trained already, or a new one (validated on the same slice)."""
     if cfg.teacher_checkpoint:
         teacher = Path(cfg.teacher_checkpoint).resolve()
-        seen = load_meta(teacher).get("data", {})
-        if (seen.get("val_fraction", 0.0), seen.get("val_seed", 0)) != (job.data.val_fraction, job.data.val_seed):
-            raise ValueError(f"teacher {teacher} was trained with data.val_fraction={seen.get('val_fraction', 0.0)} "
-                             f"(val_seed {seen.get('val_seed', 0)}), the study validates on val_fraction="
+        seen = load_meta(teacher).data
+        if (seen.val_fraction, seen.val_seed) != (job.data.val_fraction, job.data.val_seed):
+            raise ValueError(f"teacher {teacher} was trained with data.val_fraction={seen.val_fraction} "
+                             f"(val_seed {seen.val_seed}), the study validates on val_fraction="
                              f"{job.data.val_fraction} (val_seed {job.data.val_seed}): it has seen the validation "
                              "slice. Leave study.teacher_checkpoint empty to train one, or match the slice")
         return teacher
@@ -307,9 +297,7 @@ def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs:
             raise RuntimeError(f"finish run {result.config['finish']['run']} failed: {result.error}")
         spec = result.config["finish"]
         seed = spec["settings"]["train.seed"]
-        for ev in evaluate_checkpoint(result.metrics["checkpoint_path"], job.data.path, protocol=job.data.protocol,
-                                      occlusion_probs=job.data.eval_occlusion_probs, frames=job.data.frames,
-                                      persons=job.data.persons, seed=seed, occlusion_unit=job.data.occlusion_unit):
+        for ev in evaluate_checkpoint(result.metrics["checkpoint_path"]):  # as it was trained: masks of its seed
             rows.append({"key": f"student_{spec['label']}", "model": labels[spec["label"]],
                          "skeleton": f"LQ {info['lq_layout']}", "op": ev.occlusion_prob, "seed": seed,
                          "top1": ev.top1, "top5": ev.top5})
