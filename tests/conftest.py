@@ -1,11 +1,32 @@
-"""Shared fixtures: small synthetic datasets written through the real writer into real Parquet files."""
+"""Shared fixtures: small synthetic datasets written through the real writer into real Parquet files, one local Ray,
+and the one dataset every training test shares."""
 
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pytest
+# The session's Ray cluster (ray_cluster) runs with token authentication, as Ray 2.59+ clusters do. Ray reads the
+# mode and token once per process, when it is first imported: they are set here, before any test module imports it,
+# and reach every process the tests start (drivers joining the cluster, the cluster's nodes).
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.pop("RAY_ADDRESS", None)
 
-from partkd.data.schema import Sample
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from partkd.data.schema import Sample  # noqa: E402
+from partkd.data.synth import SynthConfig, write_synthetic  # noqa: E402
+from partkd.train.config import JobConfig, load_config  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -25,6 +46,23 @@ def make_sample(sample_id: str, label: int = 0, frames: int = 5, persons: int = 
     )
 
 
+def pytest_collection_modifyitems(items):
+    """The tests that use Ray run last: everything else first, on a machine with no Ray running, and Ray starts once
+    for the rest (the order within each group is kept)."""
+    items.sort(key=lambda item: "ray_session" in getattr(item, "fixturenames", ()))
+
+
+@pytest.fixture(autouse=True)
+def one_ray(request):
+    """A test that runs Ray without the ``ray_session`` fixture would start a second, local Ray in this process
+    (before the session's cluster exists, by the order above): it fails here, naming itself."""
+    yield
+    ray = sys.modules.get("ray")
+    if "ray_session" not in request.fixturenames and ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail(f"{request.node.nodeid} started Ray without the ray_session fixture")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
@@ -32,12 +70,137 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The session cluster's head runs no work (0 CPUs, as on a KubeRay cluster): drivers, the dashboard and job server
+# live there, every task and actor that needs a CPU runs on the second node. As many logical CPUs as the machine has
+# cores: more would only start more processes on them (a Ray Train job on 5 logical CPUs here took twice as long).
+HEAD_CPUS, NODE_CPUS = 0, 2
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    dashboard: str  # http://127.0.0.1:PORT, for `ray job submit`
+    gcs: str  # 127.0.0.1:PORT, for ray.init and RAY_ADDRESS
+    env: dict  # the environment that reaches it: token, PATH to the venv's `ray`
+    node_ids: list[str]  # the head's first
+
+
+def head_first(node_ids: list[str], address: str, env: dict) -> list[str]:
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    nodes = json.loads(subprocess.run([ray_cli, "list", "nodes", "--address", address, "--format", "json",
+                                       "--detail"], env=env, capture_output=True, text=True, check=True).stdout)
+    head = next(n["node_id"] for n in nodes if n.get("is_head_node"))
+    return [head] + [n for n in node_ids if n != head]
+
+
 @pytest.fixture(scope="session")
-def ray_session():
-    """One real local Ray for the whole test session (each ray.init costs seconds), with its dashboard as in
-    ``partkd.train.jobs.ensure_ray``."""
+def ray_cluster():
+    """The one Ray of the test session (one Ray per machine): ``ray start --head`` and a second node joined over
+    loopback, as a user's cluster of two machines, with token authentication on (the default since Ray 2.59). Each
+    node has a temporary folder of its own (a shared one lets one node's runtime-env agent delete a job's working
+    directory under the other); the head has no CPU (``HEAD_CPUS``). Stopped at the end: the two ``ray start
+    --block`` processes get a few seconds to stop what they started, then their process groups are killed."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    temps = [tempfile.mkdtemp(prefix="rayc", dir="/tmp") for _ in range(2)]  # short: socket paths live under it
+    gcs, dashboard = free_port(), free_port()
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+           # Ray Train's controller polls its workers every 2 s by default: each job would wait for it at start and end
+           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+           # no node is ever drained here: no job needs its own process watching for preemption
+           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+    def node_flags(cpus: int):
+        return ["--block", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+
+    nodes = [subprocess.Popen([ray_cli, "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
+                               "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temps[0]}",
+                               f"--ray-client-server-port={free_port()}", *node_flags(HEAD_CPUS)], env=env,
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        nodes.append(subprocess.Popen([ray_cli, "start", f"--address=127.0.0.1:{gcs}", f"--temp-dir={temps[1]}",
+                                       *node_flags(NODE_CPUS), *(f"--{name}={free_port()}" for name in (
+                                           "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                           "metrics-export-port", "runtime-env-agent-port", "node-manager-port",
+                                           "object-manager-port"))],  # its agents beside the head's
+                                      env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        address = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # both nodes alive, seen through the dashboard
+            check = subprocess.run([ray_cli, "list", "nodes", "--address", address, "--format", "json"], env=env,
+                                   capture_output=True, text=True)
+            alive = [n["node_id"] for n in json.loads(check.stdout) if n["state"] == "ALIVE"] if (
+                check.returncode == 0 and check.stdout.startswith("[")) else []  # or "No resource in the cluster"
+            if len(alive) == 2:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"the two-node cluster did not come up: {check.stdout[-1000:]} {check.stderr[-1000:]}")
+        yield RayCluster(address, f"127.0.0.1:{gcs}", env, head_first(alive, address, env))
+    finally:
+        for node in reversed(nodes):  # the worker first; each `ray start --block` stops what it started
+            node.send_signal(signal.SIGTERM)
+        for node in reversed(nodes):
+            try:
+                node.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_cluster):
+    """This process as a driver of the session's cluster; subprocesses (a demo, a study) join it through
+    RAY_ADDRESS and the token in the environment."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
+    ray.init(address=ray_cluster.gcs, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+# The training tests' dataset: small enough for seconds-long jobs, with solitary samples (a quarter) and enough
+# training rows for a validation slice of a quarter of them.
+TRAIN_SYNTH = SynthConfig(samples=192, classes=4, frames=16, seed=3, paired_fraction=0.75)
+VAL_FRACTION = 0.25  # the slice the shared teacher and the study validate on
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory) -> Path:
+    """The dataset of every training test, written once per test run."""
+    path = tmp_path_factory.mktemp("shared") / "data"
+    write_synthetic(path, TRAIN_SYNTH)
+    return path
+
+
+def tiny_sets(root: Path, data: Path, name: str, *sets: str) -> list[str]:
+    """The settings of a job of tiny models (seconds per epoch on a CPU) on ``data``, 2 workers, 2 epochs; runs and
+    MLflow under ``root``; then ``sets``."""
+    return [
+        f"data.path={data}", "data.frames=16", "data.persons=1", "data.batch_size=16",
+        "model.base_channels=8", "model.stage_blocks=1,1", "model.dropout=0.1", "train.epochs=2",
+        "train.milestones=1", "train.lr=0.05", "train.num_workers=2", "train.cpus_per_worker=0.5",
+        f"train.storage_path={root / 'ray'}", f"train.name={name}", f"tracking_uri=sqlite:///{root / 'mlflow.db'}",
+        *sets,
+    ]
+
+
+def tiny_job(root: Path, data: Path, name: str, *sets: str) -> JobConfig:
+    return load_config(sets=tiny_sets(root, data, name, *sets))
+
+
+@pytest.fixture(scope="session")
+def ray_teacher(ray_session, train_data):
+    """The one Ray Train teacher of the test run: 2-worker DDP, 2 epochs, validated on the slice a study uses (so a
+    study may reuse it). Its run is in ``<train_data>/../mlflow.db``, its checkpoints under ``../ray/teacher``."""
+    from partkd.train.jobs import train_teacher
+
+    job = tiny_job(train_data.parent, train_data, "teacher", f"data.val_fraction={VAL_FRACTION}")
+    return train_teacher(job, say=lambda line: None)

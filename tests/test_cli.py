@@ -42,10 +42,12 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     assert "dataset.json" in capsys.readouterr().err
 
 
-def test_demo_smoke_test_through_the_console_script(tmp_path):
-    """The README's first command on a tiny dataset: every stage, the table, and the MLflow runs in ./mlflow.db."""
+def test_demo_smoke_test_through_the_console_script(tmp_path, ray_session):
+    """The README's first command on a tiny dataset: every stage, the table, and the MLflow runs in ./mlflow.db.
+    It joins the tests' Ray (one Ray per machine) as it would join a cluster's."""
     script = Path(sys.executable).parent / "partkd"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["RAY_ADDRESS"] = ray_session.get_runtime_context().gcs_address
     result = subprocess.run([str(script), "demo", "--smoke-test", "--out", "demo"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -65,7 +65,7 @@ def test_cli_reports_bad_settings_and_missing_files(tmp_path, capsys):
 
 
 def test_study_summary_is_mean_and_sample_std_over_seeds_with_paired_gains():
-    from partkd.train.study import summarise
+    from partkd.train.results import summarise
 
     def row(key, model, op, seed, top1, top5):
         return {"key": key, "model": model, "skeleton": "LQ coco17", "op": op, "seed": seed, "top1": top1, "top5": top5}

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 import scipy.io
 
-from partkd.cli_data import ProgressPrinter, register
+from partkd.cli.data import register
+from partkd.cli.progress import ProgressPrinter
 from partkd.data import validate_dataset
 from partkd.data.convert import ConvertError
 
 
 def run(argv):
     parser = argparse.ArgumentParser(prog="partkd")
-    data = parser.add_subparsers(dest="command", required=True).add_parser("data").add_subparsers(
-        dest="data_command", required=True)
-    register(data)
+    register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from partkd.losses import (
-    ProjectionHead,
     global_msc_loss,
     global_msc_terms,
     kl_logit_loss,
@@ -221,14 +220,6 @@ def test_kl_logit_loss_matches_literal_loop():
     assert got.item() == pytest.approx(temperature**2 * total / count, rel=1e-9)
     assert kl_logit_loss(student, teacher, torch.full((5,), -1), temperature).item() == 0.0
     assert kl_logit_loss(teacher[pair[[0, 2]]], teacher, pair[[0, 2]], temperature).item() == pytest.approx(0.0)
-
-
-def test_projection_head():
-    parts = torch.randn(3, 5, 16)
-    assert ProjectionHead(16, 16)(parts) is parts
-    head = ProjectionHead(16, 32)
-    assert head(parts).shape == (3, 5, 32)
-    assert sum(p.numel() for p in head.parameters()) == 16 * 32
 
 
 def test_bad_arguments_raise():

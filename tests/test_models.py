@@ -272,9 +272,25 @@ def test_cuda_bf16_autocast_matches_fp32():
 
 
 def test_bench_smoke():
-    from partkd.bench import run_train_bench
+    from partkd.bench.train import run_train_bench
 
     rows = run_train_bench(shapes=("tiny",), dtypes=("fp32",), steps=2, warmup=1, device="cpu")
     assert {r["step"] for r in rows} == {"teacher", "student_kd", "student_kd_bank"}
     assert all(r["samples_per_s"] > 0 for r in rows)
+    with pytest.warns(DeprecationWarning, match="moved to partkd.bench.train.run_train_bench"):
+        from partkd.bench import run_train_bench as alias  # the module's name before 0.2, for one release
+    assert alias is run_train_bench
 
+
+
+def test_projection_head_and_its_deprecated_alias():
+    from partkd.models import ProjectionHead
+
+    parts = torch.randn(3, 5, 16)
+    assert ProjectionHead(16, 16)(parts) is parts
+    head = ProjectionHead(16, 32)
+    assert head(parts).shape == (3, 5, 32)
+    assert sum(p.numel() for p in head.parameters()) == 16 * 32
+    with pytest.warns(DeprecationWarning, match="moved to partkd.models.ProjectionHead"):
+        from partkd.losses import ProjectionHead as alias
+    assert alias is ProjectionHead

@@ -7,12 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_sample
 
-from partkd.cli import synthesize
 from partkd.data import DatasetWriter, iter_samples, split_filter
 from partkd.data.raydata import SideTransform, read_shards
 from partkd.data.shards import _rows_to_table, sha256_file
 from partkd.data.splits import split_ray_filter
-from partkd.data.synth import SynthConfig
+from partkd.data.synth import SynthConfig, write_synthetic
 from partkd.data.transforms import TransformConfig, transform_batch
 from partkd.layouts import get_layout
 
@@ -22,8 +21,8 @@ CFG = TransformConfig(frames=24, persons=2, crop="random", occlusion_prob=0.3, r
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("synth") / "ds"
-    synthesize(path, SynthConfig(samples=48, classes=10, frames=30, seed=2, paired_fraction=0.6), overwrite=False,
-               rows_per_shard=16, quiet=True)
+    write_synthetic(path, SynthConfig(samples=48, classes=10, frames=30, seed=2, paired_fraction=0.6),
+                    rows_per_shard=16)
     return path
 
 

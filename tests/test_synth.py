@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-from partkd.cli import synthesize
 from partkd.data import iter_samples, validate_dataset
 from partkd.data.noise import NOISE_PROFILES, apply_noise
 from partkd.data.synth import (
@@ -16,26 +15,39 @@ from partkd.data.synth import (
     SynthConfig,
     forward_kinematics,
     make_sample,
+    write_synthetic,
 )
 from partkd.layouts import get_grouping, get_layout
 
 
 def test_same_seed_gives_byte_identical_shards(tmp_path):
     cfg = SynthConfig(samples=40, classes=12, frames=30, seed=7)
-    synthesize(tmp_path / "a", cfg, overwrite=False, rows_per_shard=16, quiet=True)
-    synthesize(tmp_path / "b", cfg, overwrite=False, rows_per_shard=16, quiet=True)
+    write_synthetic(tmp_path / "a", cfg, rows_per_shard=16)
+    write_synthetic(tmp_path / "b", cfg, rows_per_shard=16)
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == ["dataset.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     other = SynthConfig(samples=40, classes=12, frames=30, seed=8)
-    synthesize(tmp_path / "c", other, overwrite=False, rows_per_shard=16, quiet=True)
+    write_synthetic(tmp_path / "c", other, rows_per_shard=16)
     assert (tmp_path / "a" / files[1]).read_bytes() != (tmp_path / "c" / files[1]).read_bytes()
+
+
+def test_the_deprecated_cli_writer_writes_the_same_dataset(tmp_path):
+    """``partkd.cli.synthesize`` (before 0.2 the only writer) still works for one release, with a warning."""
+    from partkd.cli import synthesize
+
+    cfg = SynthConfig(samples=20, classes=4, frames=16, seed=1)
+    write_synthetic(tmp_path / "new", cfg)
+    with pytest.warns(DeprecationWarning, match="use partkd.data.synth.write_synthetic"):
+        synthesize(tmp_path / "old", cfg, overwrite=False, quiet=True)
+    for name in ("dataset.json", "part-00000.parquet"):
+        assert (tmp_path / "old" / name).read_bytes() == (tmp_path / "new" / name).read_bytes(), name
 
 
 def test_dataset_shape_ids_and_pairing(tmp_path):
     cfg = SynthConfig(samples=300, classes=18, frames=40, seed=1, paired_fraction=0.7, two_person=True)
-    info = synthesize(tmp_path / "ds", cfg, overwrite=False, quiet=True)
+    info = write_synthetic(tmp_path / "ds", cfg)
     assert validate_dataset(tmp_path / "ds").ok
     samples = list(iter_samples(tmp_path / "ds"))
     assert info["hq_layout"] == "ntu25" and info["lq_layout"] == "coco17"

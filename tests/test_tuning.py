@@ -1,42 +1,48 @@
-"""The hyperparameter study end to end: Ray Tune + Optuna + ASHA over tiny student jobs, a real MLflow SQLite store.
+"""The hyperparameter study end to end: Ray Tune + Optuna + ASHA over tiny student jobs, a real MLflow SQLite store,
+submitted as a Ray job to the session's two-node cluster.
 
-One study of 4 trials (2 at a time) with its finish is shared by the module; the resume test kills a second study's
-driver (a subprocess on the session's Ray) after two completed trials and resumes it.
+One study of three trials is shared by the module. ``cluster/submit.sh`` submits it; its driver runs on the head and its
+trials train on the second node (the head has no CPU). The driver is killed (SIGKILL) once two trials have ended, and
+a second submission with ``--resume`` takes the study to the end, finish included. Trials run one at a time, so ASHA
+sees their results in the same order in every run. The tests read what a user reads: the MLflow runs and the study's
+report folder.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import VAL_FRACTION
 from mlflow.tracking import MlflowClient
 
 from partkd import tracking
-from partkd.cli import synthesize
-from partkd.data.synth import SynthConfig
+from partkd.data.shards import load_info
 from partkd.train.config import TrainConfig, load_config
 from tuning.space import load_study, max_concurrent_trials, parse_space
 from tuning.study import StudyExistsError, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
+TRIALS = 3
+SPACE = ("loss.alpha", "loss.w", "loss.tau", "loss.grouping", "train.lr")
 
+# one trial at a time, its worker on half of the second node's 2 CPUs: Ray Data has a whole CPU beside it
 STUDY_FILE = """
 [study]
 name = "{name}"
 storage = "{root}/studies"
-trials = 4
+trials = {trials}
+max_concurrent = 1
 seed = 0
 asha = true
 grace_epochs = 2  # epoch 1 barely separates the trials on this tiny set
@@ -53,29 +59,25 @@ teacher_checkpoint = "{teacher}"
 
 [job]
 tracking_uri = "sqlite:///{root}/mlflow.db"
-data = {{ path = "{root}/data", frames = 16, persons = 1, batch_size = 8, val_fraction = 0.25 }}
+data = {{ path = "{data}", frames = 16, persons = 1, batch_size = 8, val_fraction = {val_fraction} }}
 model = {{ base_channels = 8, stage_blocks = [1, 1], dropout = 0.1 }}
-train = {{ epochs = {epochs}, milestones = [10], num_workers = 1, cpus_per_worker = 0.4 }}
+train = {{ epochs = {epochs}, milestones = [10], num_workers = 1, cpus_per_worker = 0.5 }}
 """
 
 
-def study_file(root: Path, name: str, finish: str = "[0, 1, 2]", teacher: str = "") -> Path:
+def study_file(root: Path, name: str, finish: str = "[0]", teacher: str = "") -> Path:
     path = root / f"{name}.toml"
-    path.write_text(STUDY_FILE.format(name=name, root=root, finish=finish, teacher=teacher, epochs=EPOCHS))
+    path.write_text(STUDY_FILE.format(name=name, root=root, data=root.parent / "data", finish=finish,
+                                      teacher=teacher, epochs=EPOCHS, trials=TRIALS,
+                                      val_fraction=VAL_FRACTION))
     return path
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory, ray_session):
-    root = tmp_path_factory.mktemp("tuning")
-    synthesize(root / "data", SynthConfig(samples=192, classes=4, frames=16, seed=3, paired_fraction=0.75),
-               overwrite=True, quiet=True)
+def root(train_data):
+    root = train_data.parent / "tuning"  # beside the shared dataset: study files name it as ../data
+    root.mkdir()
     return root
-
-
-@pytest.fixture(scope="module")
-def study(root):
-    return run_study(load_study(str(study_file(root, "tiny"))), say=lambda line: None)
 
 
 def client(root) -> MlflowClient:
@@ -84,6 +86,89 @@ def client(root) -> MlflowClient:
 
 def trial_runs(root, parent: str) -> list:
     return tracking.child_runs(f"sqlite:///{root / 'mlflow.db'}", parent, "tags.`study.stage` = 'trial'")
+
+
+def submit(cluster, config: Path, log: Path, *study_args: str) -> subprocess.Popen:
+    """``cluster/submit.sh`` as a user runs it, against the session's cluster; its output in ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen([str(REPO / "cluster" / "submit.sh"), "--address", cluster.dashboard, "--",
+                                 "--config", str(config), *study_args], cwd=REPO, env=cluster.env, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+
+
+def study_drivers(config: Path) -> list[int]:
+    """The processes running the study of ``config`` (the job's entrypoint, and the shell around it), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue  # not a process, or gone
+        if "tuning.study" in cmdline and str(config) in cmdline and "submit" not in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def killed(root, ray_cluster, ray_teacher):
+    """The study's first submission, its driver killed (SIGKILL) once two trials have ended: the parent run id and
+    the state of each trial that had ended by then."""
+    config = study_file(root, "tiny", teacher=str(ray_teacher.checkpoint))
+    job = submit(ray_cluster, config, root / "submit-1.log")
+    uri, experiment = f"sqlite:///{root / 'mlflow.db'}", f"partkd/{load_info(root.parent / 'data')['name']}"
+    parent, done = None, []
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and job.poll() is None:
+            parent = parent or tracking.unfinished_run(uri, experiment, "study-tiny")
+            done = [r for r in trial_runs(root, parent) if "state" in r.data.tags] if parent else []
+            if len(done) >= 2:
+                break
+            time.sleep(1)
+        time.sleep(2)  # the experiment state is saved each step (TUNE_GLOBAL_CHECKPOINT_S=0)
+    finally:
+        for pid in study_drivers(config):
+            os.kill(pid, signal.SIGKILL)
+        job.wait(timeout=120)
+    log = (root / "submit-1.log").read_text()
+    assert 2 <= len(done) < TRIALS, f"the driver ended before two trials ended, or after all:\n{log[-3000:]}"
+    assert job.returncode != 0 and "failed" in log.lower(), log[-3000:]  # the job saw its driver die
+    return parent, {r.info.run_id: r.data.tags["state"] for r in done}
+
+
+@dataclass
+class Study:
+    """A finished study as its user sees it: the MLflow parent and the report folder."""
+
+    run_id: str
+    folder: Path
+    trials: list[dict]  # trials.csv
+    best: dict  # best_config.json
+    best_metric: float
+    markdown: str  # the finish table
+    log: str  # what submit.sh printed
+
+
+@pytest.fixture(scope="module")
+def study(root, killed, ray_cluster):
+    """The killed study, resumed to the end by a second submission with --resume."""
+    config = root / "tiny.toml"
+    job = submit(ray_cluster, config, root / "submit-2.log", "--resume")
+    job.wait(timeout=900)
+    log = (root / "submit-2.log").read_text()
+    job_id = re.search(r"raysubmit_\w+", log)
+    assert job.returncode == 0 and job_id, log[-3000:]
+    status = subprocess.run([str(Path(sys.executable).with_name("ray")), "job", "status", "--address",
+                             ray_cluster.dashboard, job_id.group()], env=ray_cluster.env, capture_output=True,
+                            text=True)
+    assert f"Job '{job_id.group()}' succeeded" in status.stdout, status.stdout + status.stderr  # status SUCCEEDED
+    folder = root / "studies" / "tiny"
+    best = json.loads((folder / "report" / "best_config.json").read_text())
+    with open(folder / "report" / "trials.csv") as file:
+        trials = [{**row, "epochs": int(row["epochs"]), "val/top1": float(row["val/top1"])}
+                  for row in csv.DictReader(file)]
+    return Study(killed[0], folder, trials, best["settings"], best["val/top1"],
+                 (folder / "report" / "results" / "results.md").read_text(), log)
 
 
 def test_space_reads_ranges_and_rejects_what_the_job_lacks():
@@ -128,34 +213,58 @@ def test_study_is_one_parent_with_a_child_run_per_trial(root, study):
     parent = client(root).get_run(study.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["kind"] == "study"
     runs = trial_runs(root, study.run_id)
-    assert len(runs) == 4 and len(study.trials) == 4
+    assert len(runs) == TRIALS and len(study.trials) == TRIALS
     searched = [tuple(r.data.params[k] for k in ("loss.alpha", "loss.w", "loss.tau", "train.lr")) for r in runs]
-    assert len(set(searched)) == 4  # distinct sampled settings
-    assert {r.data.params["data.val_fraction"] for r in runs} == {"0.25"}  # validated on the slice, not test
+    assert len(set(searched)) == TRIALS  # distinct sampled settings
+    assert {r.data.params["data.val_fraction"] for r in runs} == {str(VAL_FRACTION)}  # the slice, not test
     states = {r.data.tags["state"] for r in runs}
     assert states <= {"completed", "early-stopped"} and all(r.info.status == "FINISHED" for r in runs)
-    for run in runs:  # per-epoch metrics, as many epochs as the trial ran
+    for run in runs:  # per-epoch metrics, as many epochs as the trial ran, each logged once
         steps = [m.step for m in client(root).get_metric_history(run.info.run_id, "val/top1")]
         expected = EPOCHS if run.data.tags["state"] == "completed" else len(steps)
         assert steps == list(range(expected)) and expected >= 1
-    teacher = tracking.child_runs(f"sqlite:///{root / 'mlflow.db'}", study.run_id, "tags.`study.stage` = 'teacher'")
-    assert len(teacher) == 1  # trained once for the whole study
 
 
-def test_asha_stops_a_trial_early_and_saves_epochs(root, study):
+def test_driver_on_the_head_trials_on_the_other_node_with_the_uploaded_code(root, study, ray_cluster):
+    head, other = ray_cluster.node_ids
+    parent = client(root).get_run(study.run_id)
+    assert parent.data.tags["ray.node_id"] == head  # the job's driver: Tune, E, the finish's evaluation
+    runs = trial_runs(root, study.run_id)
+    assert {r.data.tags["ray.node_id"] for r in runs} == {other}  # every trial's rank 0
+    assert not parent.data.tags["partkd.path"].startswith(str(REPO))  # the job ran the uploaded working directory
+    for run in runs:  # checkpoints on the storage both nodes share
+        folder = study.folder / "ray" / run.info.run_name
+        assert list(folder.glob("checkpoint_*/meta.json")), f"no checkpoint in {folder}"
+
+
+def test_killed_study_resumed_keeps_its_parent_and_its_ended_trials(root, study, killed):
+    """The resumed study has all its trials under the same parent; the trials that had ended were neither re-run nor
+    duplicated in MLflow."""
+    parent, before = killed
+    runs = trial_runs(root, parent)
+    assert len(runs) == TRIALS
+    for run in runs:
+        if run.info.run_id in before:  # kept as it was
+            assert run.data.tags["state"] == before[run.info.run_id]
+    assert {t["trial_id"] for t in study.trials} == {r.data.tags["trial_id"] for r in runs}
+
+
+def test_asha_stops_a_trial_early_and_saves_epochs(root, study, killed):
     early = [t for t in study.trials if t["state"] == "early-stopped"]
     assert early, study.trials
     assert all(t["epochs"] < EPOCHS for t in early)
     metrics = client(root).get_run(study.run_id).data.metrics
-    assert metrics["search/epochs"] == sum(t["epochs"] for t in study.trials) < 4 * EPOCHS
-    assert metrics["search/epochs_saved"] == pytest.approx(1 - metrics["search/epochs"] / (4 * EPOCHS))
-    assert metrics["search/trials_per_hour"] == pytest.approx(4 * 3600 / metrics["search/wall_s"])
+    assert metrics["search/epochs"] == sum(t["epochs"] for t in study.trials) < TRIALS * EPOCHS
+    assert metrics["search/epochs_saved"] == pytest.approx(1 - metrics["search/epochs"] / (TRIALS * EPOCHS))
+    # trials per hour of the resumed leg: the trials that ended in it (not those that ended before the kill)
+    this_leg = metrics["search/trials_per_hour"] * metrics["search/wall_s"] / 3600
+    assert this_leg == pytest.approx(round(this_leg)) and 1 <= round(this_leg) <= TRIALS - len(killed[1])
 
 
 def test_best_config_is_the_best_trial_and_recorded_on_the_parent(root, study):
     best = max(study.trials, key=lambda t: t["val/top1"])
     assert study.best_metric == pytest.approx(best["val/top1"])
-    assert study.best == {k: best[k] for k in ("loss.alpha", "loss.w", "loss.tau", "loss.grouping", "train.lr")}
+    assert {k: str(v) for k, v in study.best.items()} == {k: best[k] for k in SPACE}
     parent = client(root).get_run(study.run_id)
     assert parent.data.tags["best.loss.grouping"] == study.best["loss.grouping"]
     assert parent.data.metrics["best/val/top1"] == pytest.approx(study.best_metric)
@@ -164,159 +273,35 @@ def test_best_config_is_the_best_trial_and_recorded_on_the_parent(root, study):
             "search/param_importances.png"} <= artifacts
 
 
-def test_finish_compares_best_and_paper_over_three_seeds_on_the_test_split(root, study):
+def test_finish_compares_best_and_paper_on_the_test_split(root, study):
     lines = study.markdown.splitlines()
-    assert "over 3 seeds: 0, 1, 2" in study.markdown
+    assert "over 1 seeds: 0" in study.markdown
     assert "top-1 gain over paper defaults" in lines[0]
     rows = [line for line in lines if line.startswith("| Student")]
     assert [r.split(" | ")[2] for r in rows] == ["0.0", "0.3", "0.6"] * 2
     assert all(r.startswith("| Student (paper defaults)") for r in rows[:3])
     finish = tracking.child_runs(f"sqlite:///{root / 'mlflow.db'}", study.run_id, "tags.`study.stage` = 'finish'")
-    assert len(finish) == 6
+    assert len(finish) == 2
     paper = [r for r in finish if "paper" in r.info.run_name]
     assert {(r.data.params["loss.grouping"], r.data.params["loss.w"], r.data.params["loss.tau"],
              r.data.params["loss.alpha"]) for r in paper} == {("paper5", "0.5", "1.0", "1.0")}  # alpha: the [job]'s
-    assert (study.folder / "report" / "results" / "results.md").read_text() == study.markdown
     assert {r.data.params["data.val_fraction"] for r in finish} == {"0.0"}  # the whole training split
     assert {a.path for a in client(root).list_artifacts(study.run_id, "results")} == {"results/results.md",
                                                                                      "results/results.csv"}
 
 
+def test_study_part_matrices_leave_the_validation_slice_out(root, study):
+    logged = {a.path for a in client(root).list_artifacts(study.run_id, "part_matrix")}
+    assert logged == {"part_matrix/part_matrix_paper5_t1_xsub+val0.25-0_T16_M1.npy",
+                      "part_matrix/part_matrix_halves2_t1_xsub+val0.25-0_T16_M1.npy"}
+
+
 def test_a_study_is_not_started_over_by_accident(root, study):
     with pytest.raises(StudyExistsError, match="--resume"):
-        run_study(load_study(str(study_file(root, "tiny"))), say=lambda line: None)
+        run_study(load_study(str(root / "tiny.toml")), say=lambda line: None)
 
 
-def test_a_given_teacher_that_saw_the_validation_slice_is_refused(root, study):
-    teacher = study.folder / "ray" / "tiny-teacher" / "final"  # trained on the training split less a 0.25 slice
-    config = study_file(root, "other-slice", finish="[]", teacher=str(teacher))
+def test_a_given_teacher_that_saw_the_validation_slice_is_refused(root, ray_teacher):
+    config = study_file(root, "other-slice", finish="[]", teacher=str(ray_teacher.checkpoint))
     with pytest.raises(ValueError, match="it has seen the validation slice"):
         run_study(load_study(str(config), ["data.val_fraction=0.2"]), say=lambda line: None)
-
-
-def test_killed_study_resumes_keeping_completed_trials(root, study):
-    """The driver is killed (SIGKILL) once two trials have completed; --resume ends with 4 trials, the first two
-    neither re-run nor duplicated in MLflow."""
-    import ray
-
-    teacher = study.folder / "ray" / "tiny-teacher" / "final"
-    config = study_file(root, "killed", finish="[]", teacher=str(teacher))
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "TUNE_GLOBAL_CHECKPOINT_S": "0",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    driver = subprocess.Popen([sys.executable, "-m", "tuning.study", "--config", str(config)], cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            parent = tracking.unfinished_run(uri, "partkd/synth-3", "study-killed")
-            done = [r for r in trial_runs(root, parent) if "state" in r.data.tags] if parent else []
-            if len(done) >= 2 or driver.poll() is not None:
-                break
-            time.sleep(1)
-        time.sleep(2)  # the experiment state is saved each step (TUNE_GLOBAL_CHECKPOINT_S=0)
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-    assert 2 <= len(done) < 4, "the driver ended before two trials completed, or after all four"
-    before = {r.info.run_id: r.data.tags["state"] for r in done}
-
-    resumed = run_study(load_study(str(config)), resume=True, say=lambda line: None)
-    assert resumed.run_id == parent  # the same parent run, continued
-    runs = trial_runs(root, parent)
-    assert len(runs) == 4 and len(resumed.trials) == 4
-    for run in runs:
-        if run.info.run_id in before:  # kept, not trained again: its epochs logged once each
-            assert run.data.tags["state"] == before[run.info.run_id]
-            steps = [m.step for m in client(root).get_metric_history(run.info.run_id, "val/top1")]
-            assert steps == sorted(set(steps))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def two_node_cluster():
-    """A Ray cluster of its own: ``ray start --head`` plus a second node joined over loopback, token auth on (as Ray
-    2.59+ does by default). Yields the dashboard address and the environment to talk to it; stopped after the test
-    by signalling the two ``ray start --block`` processes (``ray stop`` would stop the tests' Ray too)."""
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    # a temporary folder per node, as on two machines (a shared one would let one node's runtime-env agent delete
-    # the job's working directory under the other); short, Ray's socket paths live under it
-    temps = [tempfile.mkdtemp(prefix="rayc", dir="/tmp") for _ in range(2)]
-    gcs, dashboard = free_port(), free_port()
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    env.pop("RAY_ADDRESS", None)
-    def node_flags():  # each node's agents on ports of their own: the tests' Ray holds Ray's default ones
-        return ["--block", "--num-cpus=5", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-                *(f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                         "metrics-export-port", "runtime-env-agent-port"))]
-
-    nodes = [subprocess.Popen([ray_cli, "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
-                               "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temps[0]}",
-                               f"--ray-client-server-port={free_port()}", *node_flags()], env=env,
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        nodes.append(subprocess.Popen([ray_cli, "start", f"--address=127.0.0.1:{gcs}", f"--temp-dir={temps[1]}",
-                                       *node_flags()], env=env,
-                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        address = f"http://127.0.0.1:{dashboard}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # both nodes alive, seen through the dashboard
-            check = subprocess.run([ray_cli, "list", "nodes", "--address", address, "--format", "json"], env=env,
-                                   capture_output=True, text=True)
-            alive = [n["node_id"] for n in json.loads(check.stdout) if n["state"] == "ALIVE"] if (
-                check.returncode == 0 and check.stdout.startswith("[")) else []  # or "No resource in the cluster"
-            if len(alive) == 2:
-                break
-            time.sleep(2)
-        else:
-            pytest.fail(f"the two-node cluster did not come up: {check.stdout[-1000:]} {check.stderr[-1000:]}")
-        yield address, env, alive
-    finally:
-        for node in reversed(nodes):  # the worker first; each `ray start --block` stops what it started
-            node.send_signal(signal.SIGTERM)
-            try:
-                node.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
-        for temp in temps:
-            shutil.rmtree(temp, ignore_errors=True)
-
-
-def test_ray_job_submit_runs_a_study_across_two_nodes(root, study, two_node_cluster):
-    """``cluster/submit.sh`` (``ray job submit --working-dir .``) against a head and a second node: the job SUCCEEDS,
-    its two trials train on different nodes, their checkpoints land on the shared storage, MLflow has it all."""
-    address, env, node_ids = two_node_cluster
-    teacher = study.folder / "ray" / "tiny-teacher" / "final"
-    config = study_file(root, "cluster", finish="[]", teacher=str(teacher))
-    # two trials of one epoch, one per node: a trial's worker takes 3 of a node's 5 CPUs, leaving Ray Data 2 on each
-    config.write_text(config.read_text().replace("trials = 4", "trials = 2\nmax_concurrent = 2")
-                      .replace("asha = true", "asha = false").replace("cpus_per_worker = 0.4", "cpus_per_worker = 3")
-                      .replace(f"epochs = {EPOCHS}", "epochs = 1"))
-    for _ in range(60):  # the head's job agent may take a while to accept jobs
-        submit = subprocess.run([str(REPO / "cluster" / "submit.sh"), "--address", address, "--", "--config",
-                                 str(config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        if "No available agent" not in submit.stdout + submit.stderr:
-            break
-        time.sleep(2)
-    job_id = re.search(r"raysubmit_\w+", submit.stdout + submit.stderr)
-    assert submit.returncode == 0 and job_id, submit.stdout[-3000:] + submit.stderr[-3000:]
-    status = subprocess.run([str(Path(sys.executable).with_name("ray")), "job", "status", "--address", address,
-                             job_id.group()], env=env, capture_output=True, text=True)
-    assert f"Job '{job_id.group()}' succeeded" in status.stdout, status.stdout + status.stderr  # status SUCCEEDED
-
-    parent = client(root).search_runs([client(root).get_experiment_by_name("partkd/synth-3").experiment_id],
-                                      "attributes.run_name = 'study-cluster'")
-    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    runs = trial_runs(root, parent[0].info.run_id)
-    assert len(runs) == 2 and {r.data.tags["state"] for r in runs} == {"completed"}
-    assert sorted(r.data.tags["ray.node_id"] for r in runs) == sorted(node_ids)  # one trial on each node
-    assert not parent[0].data.tags["partkd.path"].startswith(str(REPO))  # the uploaded code ran, all of it
-    for run in runs:  # checkpoints on the storage both nodes share
-        folder = root / "studies" / "cluster" / "ray" / run.info.run_name
-        assert list(folder.glob("checkpoint_*/meta.json")), f"no checkpoint in {folder}"

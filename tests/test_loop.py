@@ -1,0 +1,351 @@
+"""The training loop in process (``backend="local"``): the loop, transforms, Parquet shards and MLflow store of a Ray
+Train job, without Ray. Metrics are checked against numbers, resumes against uninterrupted runs, the objectives
+against their loss functions, and E against a literal recomputation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import VAL_FRACTION, tiny_job
+from mlflow.tracking import MlflowClient
+
+from partkd.cli import main
+from partkd.data import iter_samples, load_info
+from partkd.data.splits import read_split_columns, validation_split
+from partkd.data.transforms import transform_batch
+from partkd.layouts import get_grouping, get_layout
+from partkd.losses import global_msc_loss, kl_logit_loss, pmsc_loss
+from partkd.models import ModelOutput, create_model, model_input, part_pool
+from partkd.part_matrix import compute_part_matrix
+from partkd.train.checkpoint import load_frozen_teacher, load_meta, load_model
+from partkd.train.config import load_config
+from partkd.train.distill import FeatureBank, hq_set_from_batch
+from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, side_batches
+from partkd.train.jobs import job_inputs, train_student, train_teacher
+from partkd.train.loop import EpochMeters, TeacherTask, train_epoch
+from partkd.train.objectives import OBJECTIVES, TeacherSide, get_objective, weighted_terms
+from partkd.train.session import LocalSession
+
+EPOCHS = 2
+XSUB_TRAIN = (1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38)  # NTU's, written out
+SLICE = f"data.val_fraction={VAL_FRACTION}"
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def local_job(root, data, name, *sets):
+    return tiny_job(root, data, name, "train.num_workers=1", "train.cpus_per_worker=1", *sets)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("loop")
+
+
+@pytest.fixture(scope="module")
+def teacher(root, train_data):
+    return train_teacher(local_job(root, train_data, "teacher", SLICE), quiet, backend="local")
+
+
+@pytest.fixture(scope="module")
+def part_matrix(teacher):
+    return part_matrix_for_teacher(teacher.checkpoint)
+
+
+def client(root) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def history(root, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client(root).get_metric_history(run_id, key))
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = load_model(a)[0].state_dict(), load_model(b)[0].state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_teacher_run_has_params_metrics_tags_and_checkpoint(root, train_data, teacher):
+    run = client(root).get_run(teacher.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == str(EPOCHS)
+    assert run.data.params["loss.objective"] == "pmsc"  # the whole config, even the parts a teacher ignores
+    assert run.data.tags["kind"] == "teacher" and len(run.data.tags["dataset_fingerprint"]) == 64
+    for key in ("loss/ce", "loss/total", "train/top1", "val/top1", "lr", "samples_per_s"):
+        assert [step for step, _ in history(root, teacher.run_id, key)] == list(range(EPOCHS)), key
+    assert [v for _, v in history(root, teacher.run_id, "lr")] == pytest.approx([0.05, 0.005])  # x0.1 at epoch 1
+    assert history(root, teacher.run_id, "loss/total") == history(root, teacher.run_id, "loss/ce")  # Eq. 2: CE only
+    assert history(root, teacher.run_id, "val/top1")[-1][1] == pytest.approx(teacher.metrics["val/top1"])
+    logged = {a.path for a in client(root).list_artifacts(teacher.run_id, "checkpoint")}
+    assert {"checkpoint/model.pt", "checkpoint/meta.json"} <= logged
+    model, meta = load_model(teacher.checkpoint)  # weights_only loading
+    assert (meta.side, meta.model.layout, meta.mlflow_run_id) == ("hq", "ntu25", teacher.run_id)
+    assert meta.data == local_job(root, train_data, "teacher", SLICE).data  # the job's data settings, typed
+
+
+def test_validation_top1_is_measured_on_the_slice(root, teacher):
+    """The last epoch's val/top1 is the final model's accuracy on the held-out slice of the training split."""
+    model, meta = load_model(teacher.checkpoint)
+    layout = get_layout(meta.model.layout)
+    hits = total = 0
+    for x, score, labels in side_batches(meta.data, "hq", layout.name, meta.data.splits(), "val"):
+        logits = model(model_input(torch.from_numpy(x), torch.from_numpy(score), layout)).logits
+        hits += int((logits.argmax(1).numpy() == labels).sum())
+        total += len(labels)
+    held_out = validation_split("xsub", read_split_columns(meta.data.path), VAL_FRACTION, 0)
+    assert total == sum(1 for s in iter_samples(meta.data.path) if s.sample_id in held_out.val_ids and s.hq is not None)
+    assert teacher.metrics["val/top1"] == pytest.approx(hits / total)
+
+
+def test_epoch_metrics_are_the_sample_weighted_means_of_the_steps(root, train_data):
+    """train_epoch with lr 0 leaves the model as it was, so every step's loss can be recomputed afterwards."""
+    job = local_job(root, train_data, "meters", "model.dropout=0.0", "train.lr=0.0", "data.batch_size=24")
+    inputs = job_inputs(job, load_info(train_data), ("hq",), "hq")
+    session = LocalSession(job, inputs, root / "unused")
+    torch.manual_seed(0)
+    model = create_model("stgcn", layout="ntu25", num_classes=4, base_channels=8, stage_blocks=(1, 1), dropout=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    batches = list(session.batches("train", epoch=0, shuffle=True))
+    metrics = train_epoch(model, optimizer, TeacherTask(get_layout("ntu25"), session), batches,
+                          torch.Generator(), session.device)
+    ce_sum = correct = count = 0.0
+    for batch in batches:  # train mode: batch norm uses the batch's own statistics, as in the step
+        logits = model(model_input(batch["hq_x"], batch["hq_score"], get_layout("ntu25"))).logits
+        ce_sum += F.cross_entropy(logits, batch["label"], reduction="sum").item()
+        correct += (logits.argmax(1) == batch["label"]).sum().item()
+        count += len(batch["label"])
+    assert len({len(b["label"]) for b in batches}) == 2  # a short last batch: weights matter
+    assert metrics["loss/ce"] == pytest.approx(ce_sum / count, rel=1e-5)
+    assert metrics["loss/total"] == metrics["loss/ce"]
+    assert metrics["train/top1"] == pytest.approx(correct / count)
+    meters = EpochMeters(torch.device("cpu"), means=("m",), counts=("c",))
+    meters.add("m", torch.tensor(6.0))
+    meters.add("c", torch.tensor(3.0))
+    meters.samples = 4
+    assert meters.reduce() == {"m": 1.5, "c": 3.0, "samples": 4.0}
+
+
+def test_stopped_job_started_again_resumes_at_the_next_epoch(root, train_data, teacher):
+    first = train_teacher(local_job(root, train_data, "teacher-stopped", SLICE, "train.epochs=1"), quiet,
+                          backend="local")
+    assert [s for s, _ in history(root, first.run_id, "val/top1")] == [0]
+    again = train_teacher(local_job(root, train_data, "teacher-stopped", SLICE), quiet, backend="local")
+    assert [s for s, _ in history(root, again.run_id, "val/top1")] == [1]  # epoch 0 was not trained again
+    for key in ("loss/ce", "train/top1", "val/top1"):
+        assert again.metrics[key] == teacher.metrics[key], key
+    assert same_weights(again.checkpoint, teacher.checkpoint)
+
+
+def test_injected_failure_is_retried_from_the_last_checkpoint(root, train_data, teacher):
+    resumed = train_teacher(local_job(root, train_data, "teacher-failed", SLICE, "train.fail_at_epoch=0",
+                                      "train.max_failures=1"), quiet, backend="local")
+    assert (root / "ray" / "teacher-failed" / "injected_failure").read_text() == "epoch 0\n"  # it did fail
+    for key in ("loss/ce", "train/top1", "val/top1"):
+        assert resumed.metrics[key] == teacher.metrics[key], key
+    assert same_weights(resumed.checkpoint, teacher.checkpoint)
+    with pytest.raises(RuntimeError, match="injected worker failure"):  # no retry left: the job fails
+        train_teacher(local_job(root, train_data, "teacher-failed-once", SLICE, "train.fail_at_epoch=0",
+                                "train.max_failures=0"), quiet, backend="local")
+
+
+STUDENTS = [("ce", "bank", 8), ("kl", "batch", 8), ("global_msc", "bank", 4), ("pmsc", "batch", 8),
+            ("pmsc", "bank", 4)]
+
+
+@pytest.mark.parametrize(("objective", "hq_source", "width"), STUDENTS)
+def test_student_loss_is_the_weighted_sum_of_its_named_terms(root, train_data, teacher, part_matrix, objective,
+                                                             hq_source, width):
+    job = local_job(root, train_data, f"student-{objective}-{hq_source}", SLICE,
+                    f"teacher_checkpoint={teacher.checkpoint}", f"part_matrix={part_matrix}",
+                    f"loss.objective={objective}", f"loss.hq_source={hq_source}", "loss.alpha=2.0",
+                    "loss.bank_negatives=8", f"model.base_channels={width}")
+    student = train_student(job, quiet, backend="local")
+    run = client(root).get_run(student.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["kind"] == "student"
+    ce, total = history(root, student.run_id, "loss/ce"), history(root, student.run_id, "loss/total")
+    meta = load_meta(student.checkpoint)
+    kind = get_objective(objective)
+    if not kind.distills:
+        assert total == ce and "teacher_run_id" not in run.data.tags and meta.model.teacher_channels == 0
+        return
+    assert run.data.tags["teacher_run_id"] == teacher.run_id
+    kd = history(root, student.run_id, kind.term)
+    assert [s for s, _ in kd] == list(range(EPOCHS)) and all(np.isfinite(v) and v > 0 for _, v in kd)
+    assert [t for _, t in total] == pytest.approx([c + 2.0 * k for (_, c), (_, k) in zip(ce, kd)], rel=1e-5)
+    undefined = [v for _, v in history(root, student.run_id, "kd/undefined")]
+    assert len(undefined) == EPOCHS and all(v == int(v) >= 0 for v in undefined)
+    # features are compared in the teacher's width (16) through the student's projection head
+    assert meta.model.teacher_channels == (16 if kind.projects else 0)
+    model, _ = load_model(student.checkpoint)
+    if kind.projects and width == 4:
+        assert model.projection.proj.weight.shape == (16, 8)  # a real map: the student is half as wide
+    logged = {a.path for a in client(root).list_artifacts(student.run_id, "part_matrix")}
+    assert (f"part_matrix/{part_matrix.name}" in logged) == kind.needs_part_matrix  # E beside the student it shaped
+
+
+def test_bank_student_started_again_ends_like_an_uninterrupted_run(root, train_data, teacher, part_matrix):
+    sets = (SLICE, f"teacher_checkpoint={teacher.checkpoint}", f"part_matrix={part_matrix}", "loss.hq_source=bank",
+            "loss.bank_negatives=8")
+    whole = train_student(local_job(root, train_data, "bank-whole", *sets), quiet, backend="local")
+    first = train_student(local_job(root, train_data, "bank-stopped", *sets, "train.epochs=1"), quiet, backend="local")
+    again = train_student(local_job(root, train_data, "bank-stopped", *sets), quiet, backend="local")
+    assert [s for s, _ in history(root, first.run_id, "loss/pmsc")] == [0]
+    assert [s for s, _ in history(root, again.run_id, "loss/pmsc")] == [1]
+    for key in ("loss/ce", "loss/pmsc", "train/top1", "val/top1"):
+        assert again.metrics[key] == whole.metrics[key], key
+    assert same_weights(again.checkpoint, whole.checkpoint)
+
+
+def test_a_run_name_is_not_resumed_with_other_settings(root, train_data, teacher):
+    with pytest.raises(ValueError, match=r"other settings \(train.lr: 0.05 -> 0.1\); give this job another"):
+        train_teacher(local_job(root, train_data, "teacher", SLICE, "train.lr=0.1"), quiet, backend="local")
+
+
+def test_evaluation_reads_the_checkpoints_data_with_the_same_masks_every_pass(root, teacher, part_matrix, train_data):
+    job = local_job(root, train_data, "student-eval", SLICE, f"teacher_checkpoint={teacher.checkpoint}",
+                    f"part_matrix={part_matrix}", "data.seed=5")
+    student = train_student(job, quiet, backend="local")
+    first = evaluate_checkpoint(student.checkpoint, occlusion_probs=(0.0, 0.6))
+    second = evaluate_checkpoint(student.checkpoint, load_meta(student.checkpoint).data, (0.0, 0.6))
+    for a, b in zip(first, second):
+        assert np.array_equal(a.confusion, b.confusion) and a.top5 == b.top5
+    test_rows = sum(1 for s in iter_samples(train_data) if s.subject not in XSUB_TRAIN and s.lq is not None)
+    for ev in first:
+        assert ev.confusion.sum() == ev.samples == test_rows  # the protocol's test split, never the slice
+        assert ev.top1 == pytest.approx(np.trace(ev.confusion) / ev.samples)
+        assert ev.top1 <= ev.top5 <= 1.0
+        rows = ev.confusion.sum(1)
+        assert np.allclose(ev.per_class[rows > 0], np.diag(ev.confusion)[rows > 0] / rows[rows > 0])
+    with pytest.warns(DeprecationWarning, match="pass a DataConfig"):  # the old keywords, for one release
+        legacy = evaluate_checkpoint(student.checkpoint, str(train_data), "xsub", (0.6,), frames=16, persons=1,
+                                     seed=5)
+    assert np.array_equal(legacy[0].confusion, first[1].confusion)
+
+
+def literal_part_matrix(teacher_dir, data_path, grouping="paper5"):
+    """E recomputed from the rows by hand: the xsub training split less the seeded slice, HQ side, transformed."""
+    model, meta = load_frozen_teacher(teacher_dir, "cpu")
+    held_out = validation_split("xsub", read_split_columns(data_path), VAL_FRACTION, 0)
+    rows = [s for s in iter_samples(data_path)
+            if s.subject in XSUB_TRAIN and s.sample_id not in held_out.val_ids and s.hq is not None]
+    layout = get_layout("ntu25")
+    x, score = transform_batch([s.hq for s in rows], [s.hq_score for s in rows], layout, meta.data.transform(), 0,
+                               sample_ids=[s.sample_id for s in rows])
+    batch = (model_input(torch.from_numpy(x), torch.from_numpy(score), layout), torch.tensor([s.label for s in rows]))
+    return compute_part_matrix(model, [batch], grouping, layout, 4).numpy(), len(rows)
+
+
+def test_part_matrix_is_never_computed_on_the_validation_slice(root, train_data, teacher, part_matrix, capsys):
+    """E from the teacher's own data settings, from a job's, and from ``partkd part-matrix``: every path reads the
+    training split less the slice (the pipeline's path: test_pipeline; a study's: test_tuning)."""
+    expected, count = literal_part_matrix(teacher.checkpoint, train_data)
+    assert 0 < count < sum(1 for s in iter_samples(train_data) if s.hq is not None)
+    assert "xsub+val0.25-0" in part_matrix.name
+    assert np.allclose(np.load(part_matrix), expected, atol=1e-6)
+    job = local_job(root, train_data, "any", SLICE)
+    assert part_matrix_for_teacher(teacher.checkpoint, job.data) == part_matrix
+    assert main(["part-matrix", "--teacher", str(teacher.checkpoint), "--overwrite"]) == 0
+    assert f"E: {part_matrix}" in capsys.readouterr().out
+    assert np.allclose(np.load(part_matrix), expected, atol=1e-6)
+    whole = part_matrix_for_teacher(teacher.checkpoint, load_config(sets=[f"data.path={train_data}", "data.frames=16",
+                                                                          "data.persons=1"]).data)
+    assert whole != part_matrix and "_xsub_" in whole.name  # without a slice: a file of its own
+    with pytest.warns(DeprecationWarning, match="pass a DataConfig"):  # the old keywords, for one release
+        legacy = part_matrix_for_teacher(teacher.checkpoint, str(train_data), "xsub", "paper5", frames=16, persons=1,
+                                         val_fraction=VAL_FRACTION)
+    assert legacy == part_matrix
+
+
+def test_part_matrix_cache_names_its_temperature(teacher, part_matrix):
+    model, _ = load_frozen_teacher(teacher.checkpoint, torch.device("cpu"))
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    other = part_matrix_for_teacher(teacher.checkpoint, temperature=0.5)
+    assert other != part_matrix and other.exists() and part_matrix.exists()  # a cached E of T=1 is not returned
+
+
+# ----------------------------------------------------------------------------------------- objectives and the HQ side
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_every_objective_is_its_loss_function(name):
+    """The registry's term for each objective is the loss function of losses.py on the representation it names."""
+    torch.manual_seed(1)
+    kind, grouping, layout = get_objective(name), get_grouping("paper5"), get_layout("coco17")
+    out = ModelOutput(torch.randn(6, 4), torch.randn(6, 8, 5, 17))  # (B, K), (B, C, T', V)
+    labels, pair = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([0, 1, 2, -1, 3, -1])
+    teacher = ModelOutput(torch.randn(4, 4), torch.randn(4, 8, 5, 17))
+    assert weighted_terms(kind, 3.0) == ({"loss/ce": 1.0, f"loss/{name}": 3.0} if kind.distills else {"loss/ce": 1.0})
+    if not kind.distills:
+        with pytest.raises(ValueError, match="distills nothing"):
+            kind.represent(out, grouping, layout)
+        return
+    student_repr, teacher_repr = kind.represent(out, grouping, layout), kind.represent(teacher, grouping, layout)
+    side = TeacherSide(teacher_repr, labels[:4], pair)
+    matrix = torch.softmax(torch.randn(4, 5), 1)
+    loss, undefined = kind.distillation(student_repr, labels, side, matrix, w=0.5, tau=0.7, kl_temperature=2.0)
+    if kind.representation == "parts":
+        assert student_repr.shape == (6, 5, 8)
+        assert torch.equal(student_repr, part_pool(out.features, grouping, layout))
+        assert loss == pmsc_loss(student_repr, teacher_repr, labels, labels[:4], pair, matrix, 0.5, 0.7)
+    elif kind.representation == "global":
+        assert torch.equal(student_repr, out.features.mean((2, 3)))
+        assert loss == global_msc_loss(student_repr, teacher_repr, labels, labels[:4], pair, 0.5, 0.7)
+    else:
+        assert torch.equal(student_repr, out.logits)
+        assert loss == kl_logit_loss(out.logits, teacher.logits, pair, 2.0) and undefined == 0
+    assert kind.projects == (kind.representation != "logits")
+
+
+def test_unknown_objective_is_refused_naming_the_known_ones():
+    with pytest.raises(KeyError, match="unknown objective 'mse'; known objectives: ce, kl, global_msc, pmsc"):
+        get_objective("mse")
+
+
+def test_bank_and_batch_give_the_same_loss_when_the_bank_holds_the_batch():
+    """Bank mode with no extra negatives and the batch's own HQ rows (stored in another order) is batch mode."""
+    torch.manual_seed(0)
+    hq, lq, grouping = get_layout("ntu25"), get_layout("coco17"), get_grouping("paper5")
+    teacher = create_model("stgcn", layout="ntu25", num_classes=4, base_channels=8, stage_blocks=(1, 1)).eval()
+    student = create_model("stgcn", layout="coco17", num_classes=4, base_channels=8, stage_blocks=(1, 1))
+    projection = torch.nn.Linear(16, 16)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    has_hq = torch.tensor([True, True, False, True, True, False, True, True])  # two solitary rows
+    keys = torch.tensor([91, -7, 12, 40, 5, 66, -30, 18])
+    with torch.no_grad():
+        teacher_out = teacher(torch.randn(int(has_hq.sum()), 1, 12, 25, 3))
+    teacher_parts = part_pool(teacher_out.features, grouping, hq)  # (B_hq, P, C)
+    student_parts = projection(part_pool(student(torch.randn(8, 1, 12, 17, 3)).features, grouping, lq))
+    matrix = torch.rand(4, 5)
+    pmsc = get_objective("pmsc")
+
+    by_batch = hq_set_from_batch(teacher_parts, labels, has_hq)
+    shuffle = torch.randperm(int(has_hq.sum()))
+    bank = FeatureBank.from_rows(keys[has_hq][shuffle], teacher_parts[shuffle], labels[has_hq][shuffle])
+    by_bank = bank.hq_set(keys, has_hq, negatives=0, generator=torch.Generator().manual_seed(0))
+
+    loss_batch, undefined_batch = pmsc.distillation(student_parts, labels, by_batch, matrix, 0.5, 1.0, 4.0)
+    loss_bank, undefined_bank = pmsc.distillation(student_parts, labels, by_bank, matrix, 0.5, 1.0, 4.0)
+    assert loss_bank.item() == pytest.approx(loss_batch.item(), rel=1e-6)
+    assert undefined_bank.item() == undefined_batch.item()
+    loss_batch.backward()  # the student side gets a gradient through the term
+    assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
+    # and the bank's lookup is the right one: each paired row sees its own HQ features
+    assert torch.equal(by_bank.representation[by_bank.pair_index[has_hq]], teacher_parts)
+
+
+def test_bank_negatives_never_repeat_a_pair_and_unknown_keys_are_refused():
+    keys = torch.arange(10) * 7 - 20
+    bank = FeatureBank.from_rows(keys, torch.arange(10.0)[:, None], torch.arange(10) % 3)
+    batch_keys, has_hq = keys[[3, 5, 8]], torch.tensor([True, True, False])
+    side = bank.hq_set(batch_keys, has_hq, negatives=200, generator=torch.Generator().manual_seed(1))
+    paired = side.representation[side.pair_index[has_hq]].squeeze(1)
+    assert paired.tolist() == [3.0, 5.0]
+    extra = side.representation[2:].squeeze(1)
+    assert len(extra) == 200 and not set(extra.tolist()) & {3.0, 5.0}  # the batch's own pairs are not drawn again
+    assert set(extra.tolist()) == set(range(10)) - {3, 5}  # every other entry can be
+    with pytest.raises(RuntimeError, match="not in the bank"):
+        bank.hq_set(torch.tensor([999]), torch.tensor([True]), negatives=0, generator=torch.Generator())

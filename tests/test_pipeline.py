@@ -1,0 +1,76 @@
+"""The paper's pipeline in process (``backend="local"``): teacher, E, a student per objective, Table 1, the MLflow
+parent run, and E computed on the training split less the validation slice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import VAL_FRACTION, tiny_job
+from mlflow.tracking import MlflowClient
+
+from partkd.data import iter_samples
+from partkd.data.splits import read_split_columns, validation_split
+from partkd.data.transforms import transform_batch
+from partkd.layouts import get_layout
+from partkd.models import model_input
+from partkd.part_matrix import compute_part_matrix
+from partkd.train.checkpoint import load_frozen_teacher
+from partkd.train.pipeline import run_pipeline
+
+OBJECTIVES = ("ce", "kl", "global_msc", "pmsc")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, train_data):
+    root = tmp_path_factory.mktemp("pipeline")
+    job = tiny_job(root, train_data, "pipe", "train.num_workers=1", "train.cpus_per_worker=1",
+                   f"data.val_fraction={VAL_FRACTION}")
+    return root, run_pipeline(job, say=lambda line: None, objectives=OBJECTIVES, backend="local")
+
+
+def test_table_has_the_teacher_and_every_student_at_every_op(pipeline):
+    _, result = pipeline
+    labels = ["Student (w/o KD)", "Student (KL)", "Student (global MSC)", "Student (w/ KD)"]
+    assert [(r["model"], r["op"]) for r in result.rows] == [("Teacher", 0.0)] + [
+        (label, op) for label in labels for op in (0.0, 0.3, 0.6)]
+    lines = result.markdown.splitlines()
+    assert lines[0] == "| model | skeleton | OP | top-1 (xsub) | top-5 (xsub) |"
+    for line, row in zip(lines[2:], result.rows):
+        assert line == (f"| {row['model']} | {row['skeleton']} | {row['op']:.1f} | {100 * row['top1']:.2f} | "
+                        f"{100 * row['top5']:.2f} |")
+    assert all(0.0 <= r["top1"] <= r["top5"] <= 1.0 for r in result.rows)
+
+
+def test_one_parent_run_holds_the_jobs_the_table_and_e(pipeline):
+    root, result = pipeline
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    parent = client.get_run(result.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["kind"] == "pipeline"
+    experiment = parent.info.experiment_id
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    assert sorted(r.data.tags["kind"] for r in children) == ["student"] * 4 + ["teacher"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    artifacts = {a.path for folder in ("results", "part_matrix", "confusion")
+                 for a in client.list_artifacts(result.run_id, folder)}
+    assert {"results/results.md", "results/results.csv", f"part_matrix/{result.part_matrix.name}",
+            "confusion/confusion_teacher.png", "confusion/confusion_student_pmsc.png"} <= artifacts
+    text = client.download_artifacts(result.run_id, "results/results.md", str(root))
+    assert open(text).read() == result.markdown  # the table and MLflow say the same
+    for row in result.rows:
+        assert parent.data.metrics[f"test/top1/{row['key']}/op{row['op']:.1f}"] == pytest.approx(row["top1"])
+
+
+def test_pipeline_part_matrix_leaves_the_validation_slice_out(pipeline, train_data):
+    _, result = pipeline
+    assert "xsub+val0.25-0" in result.part_matrix.name
+    model, meta = load_frozen_teacher(result.checkpoints["teacher"], "cpu")
+    held_out = validation_split("xsub", read_split_columns(train_data), VAL_FRACTION, 0)
+    rows = [s for s in iter_samples(train_data, filter=held_out.filter("train")) if s.hq is not None]
+    assert rows and not {s.sample_id for s in rows} & held_out.val_ids
+    layout = get_layout("ntu25")
+    x, score = transform_batch([s.hq for s in rows], [s.hq_score for s in rows], layout, meta.data.transform(), 0,
+                               sample_ids=[s.sample_id for s in rows])
+    batch = (model_input(torch.from_numpy(x), torch.from_numpy(score), layout), torch.tensor([s.label for s in rows]))
+    expected = compute_part_matrix(model, [batch], "paper5", layout, 4).numpy()
+    assert np.allclose(np.load(result.part_matrix), expected, atol=1e-6)
