@@ -237,6 +237,3 @@ class LocalSession(WorkerSession):
         for old in sorted(self.folder.glob(CHECKPOINT_GLOB))[:-CHECKPOINTS_KEPT]:
             shutil.rmtree(old)
         self.last_metrics = {**metrics, "epoch": epoch, "epochs_done": epoch + 1}
-
-    def latest_checkpoint(self) -> Path:
-        return sorted(self.folder.glob(CHECKPOINT_GLOB))[-1]
