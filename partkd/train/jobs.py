@@ -27,7 +27,7 @@ from partkd.train.checkpoint import CheckpointMeta, ModelSpec, load_meta, write_
 from partkd.train.config import JobConfig
 from partkd.train.loop import fit, ray_worker
 from partkd.train.objectives import get_objective
-from partkd.train.session import CHECKPOINT_GLOB, JobInputs, LocalSession
+from partkd.train.session import CHECKPOINT_GLOB, CHECKPOINTS_KEPT, JobInputs, LocalSession
 
 BACKENDS = ("ray", "local")
 
@@ -95,7 +95,7 @@ def _fit_ray(job: JobConfig, meta: CheckpointMeta, datasets: dict, callbacks: li
     run_config = ray.train.RunConfig(
         name=job.train.name, storage_path=job.train.storage_path,
         failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks,
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT), callbacks=callbacks,
     )
     data_config = ray.train.DataConfig(datasets_to_split="all",
                                        execution_options=ray.data.ExecutionOptions(preserve_order=True))
