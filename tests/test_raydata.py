@@ -71,3 +71,25 @@ def test_bad_row_fails_naming_shard_and_sample(ray_session, tmp_path):
     ds = read_shards(path).map_batches(SideTransform({"lq": "coco17"}, CFG, seed=0), batch_format="pyarrow")
     with pytest.raises(Exception, match=r"(?s)part-00000\.parquet.*'bad'.*16 joints"):
         ds.take_all()
+
+
+def test_cached_dataset_reaches_each_worker_as_an_equal_part_the_same_every_epoch(ray_session, synth_dir):
+    """A materialized (``data.cache``) split goes to Ray Train's workers cut in advance (no coordinator): every rank
+    gets as many rows as the others, no row twice, and the same rows each time it iterates (each epoch)."""
+    from partkd.train.ingest import JobDataConfig
+
+    cached = read_shards(synth_dir).map_batches(SideTransform({"hq": "ntu25"}, CFG, seed=4, keep_ids=True),
+                                                batch_format="pyarrow", batch_size=7).materialize()
+    config = JobDataConfig.split({"train": cached}, 3)
+    ranks = config.configure({"train": cached}, 3, None, None)
+
+    def ids(rank: int) -> list[str]:
+        return [r for batch in ranks[rank]["train"].iter_batches(batch_size=5) for r in batch["sample_id"]]
+
+    parts = [ids(rank) for rank in range(3)]
+    every = [s.sample_id for s in iter_samples(synth_dir)]
+    assert [len(p) for p in parts] == [len(every) // 3] * 3  # 48 rows: 16 each
+    assert sorted(sum(parts, [])) == sorted(every)
+    assert [ids(rank) for rank in range(3)] == parts  # a second epoch: the same rows, in the same order
+    with pytest.raises(RuntimeError, match="split for 3 workers, the job has 2"):
+        config.configure({"train": cached}, 2, None, None)

@@ -92,13 +92,15 @@ def _fit_ray(job: JobConfig, meta: CheckpointMeta, datasets: dict, callbacks: li
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from partkd.train.ingest import JobDataConfig
+
     run_config = ray.train.RunConfig(
         name=job.train.name, storage_path=job.train.storage_path,
         failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT), callbacks=callbacks,
     )
-    data_config = ray.train.DataConfig(datasets_to_split="all",
-                                       execution_options=ray.data.ExecutionOptions(preserve_order=True))
+    data_config = JobDataConfig.split(datasets, job.train.num_workers,
+                                      execution_options=ray.data.ExecutionOptions(preserve_order=True))
     gpu_share = {"GPU": job.train.gpus_per_worker} if job.train.use_gpu else {}
     trainer = TorchTrainer(
         ray_worker, train_loop_config={"job": job.to_dict(), "meta": meta.to_json()},
