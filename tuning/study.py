@@ -226,8 +226,10 @@ def _teacher(cfg: StudyConfig, job: JobConfig, say) -> Path:
 
 
 def _fit(path: Path, trainable, make_tuner: Callable[[], ray.tune.Tuner]) -> ray.tune.ResultGrid:
-    """Fit a new Tune experiment, or restore the one at ``path``: finished trials kept, errored ones restarted."""
-    if ray.tune.Tuner.can_restore(path):
+    """Fit a new Tune experiment, or restore the one at ``path``: finished trials kept, errored ones restarted. An
+    experiment stopped before it first saved its state (``tuner.pkl`` written, no ``experiment_state-*.json``: a study
+    killed as its finish began) has nothing to restore and starts anew; Tune's restore would fail on it."""
+    if ray.tune.Tuner.can_restore(path) and any(path.glob("experiment_state-*.json")):
         return ray.tune.Tuner.restore(str(path), trainable, restart_errored=True).fit()
     return make_tuner().fit()
 
