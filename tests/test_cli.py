@@ -42,14 +42,15 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     assert "dataset.json" in capsys.readouterr().err
 
 
-def test_demo_smoke_test_through_the_console_script(tmp_path, ray_session):
+def test_demo_smoke_test_through_the_console_script(tmp_path):
     """The README's first command on a tiny dataset: every stage, the table, and the MLflow runs in ./mlflow.db.
-    It joins the tests' Ray (one Ray per machine) as it would join a cluster's."""
+    Its jobs run in the demo's process (``--backend local``): each stage on Ray is a Ray Train job that test_train
+    runs on the session's cluster (the teacher, a distilling student from ``partkd train student``), and the study
+    runs the rest (students in Tune trials, evaluation at every OP)."""
     script = Path(sys.executable).parent / "partkd"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["RAY_ADDRESS"] = ray_session.get_runtime_context().gcs_address
-    result = subprocess.run([str(script), "demo", "--smoke-test", "--out", "demo"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    result = subprocess.run([str(script), "demo", "--smoke-test", "--out", "demo", "--backend", "local"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "passed every check" in result.stdout
     for stage in ("[1/4] teacher", "[2/4] part matrix", "[3/4] student (w/o kd)", "[4/4] student (w/ kd)"):
@@ -72,3 +73,11 @@ def test_demo_smoke_test_through_the_console_script(tmp_path, ray_session):
     assert any(a.startswith("part_matrix/") and a.endswith(".npy") for a in artifacts)
     top1 = parent.data.metrics["test/top1/student_pmsc/op0.6"]
     assert f"{100 * top1:.2f}" in table[-1]  # the table and MLflow say the same
+
+
+def test_unknown_backend_is_refused_before_the_demo_replaces_its_data(tmp_path, capsys):
+    (tmp_path / "demo" / "data").mkdir(parents=True)
+    (tmp_path / "demo" / "data" / "keep.txt").write_text("mine")
+    assert main(["demo", "--smoke-test", "--out", str(tmp_path / "demo"), "--backend", "slurm"]) == 2
+    assert "backend must be one of ray, local, got 'slurm'" in capsys.readouterr().err
+    assert (tmp_path / "demo" / "data" / "keep.txt").read_text() == "mine"

@@ -8,13 +8,16 @@ from pathlib import Path
 
 from partkd.cli.data import format_report
 from partkd.cli.progress import ProgressPrinter, say
+from partkd.cli.train import backend_option
 
 
 def cmd_demo(args) -> int:
     from partkd.data.synth import write_synthetic
     from partkd.data.validate import validate_dataset
+    from partkd.train.jobs import check_backend
     from partkd.train.pipeline import preset_job, preset_synth, run_pipeline
 
+    check_backend(args.backend)  # before the data is replaced
     out = Path(args.out)
     preset = "smoke" if args.smoke_test else "full"
     cfg = preset_synth(preset, args.seed)
@@ -31,7 +34,7 @@ def cmd_demo(args) -> int:
     for stale in (out / "ray").glob(f"{name}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     job = preset_job(preset, out / "data", out / "ray", args.seed, name, list(args.set or []))
-    result = run_pipeline(job, say=say)
+    result = run_pipeline(job, say=say, backend=args.backend)
     print("\n" + result.markdown)
     (out / "results.md").write_text(result.markdown)
     print(f"results: {out / 'results.md'}   MLflow parent run {result.run_id} ({job.tracking_uri or 'mlflow.db'})")
@@ -45,4 +48,5 @@ def register(commands) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke-test", action="store_true", help="the same stages on a tiny dataset (about a minute)")
     p.add_argument("--set", action="append", help="override a setting, e.g. --set train.epochs=20")
+    backend_option(p)
     p.set_defaults(func=cmd_demo)

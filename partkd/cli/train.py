@@ -32,7 +32,7 @@ def cmd_train(args) -> int:
         matrix = part_matrix_for_teacher(job.teacher_checkpoint, job.data, job.loss.grouping)
         say(f"part matrix: {matrix}")
         job = replace(job, part_matrix=str(matrix))
-    result = (train_teacher if args.role == "teacher" else train_student)(job, say)
+    result = (train_teacher if args.role == "teacher" else train_student)(job, say, backend=args.backend)
     print(f"checkpoint   {result.checkpoint}\nmlflow run   {result.run_id}")
     print("metrics      " + "  ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
     return 0
@@ -90,6 +90,12 @@ def _data_options(p) -> None:
     p.add_argument("--seed", type=int, help="occlusion masks, the same for every model (default: the checkpoint's)")
 
 
+def backend_option(p) -> None:
+    p.add_argument("--backend", default="ray", help="ray (default): Ray Train jobs, DDP over train.num_workers, data "
+                   "through Ray Data; local: the same loop in this process without Ray, one worker (debugging, a "
+                   "quick check on a laptop)")
+
+
 def register(commands) -> None:
     """Add ``train``, ``part-matrix`` and ``evaluate`` to the ``partkd`` subparsers."""
     train = commands.add_parser("train", help="Ray Train jobs").add_subparsers(dest="role", required=True)
@@ -102,6 +108,7 @@ def register(commands) -> None:
         if role == "student":
             p.add_argument("--teacher", help="teacher checkpoint directory")
             p.add_argument("--part-matrix", help="E as .npy (computed from the teacher and cached if not given)")
+        backend_option(p)
         p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("part-matrix", help="E from a teacher's part-occlusion tests on the HQ training split")

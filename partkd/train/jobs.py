@@ -71,6 +71,11 @@ def job_inputs(job: JobConfig, info: dict, sides: tuple[str, ...], require: str)
                      job.data.batch_size, job.data.cache, info["counts"]["samples"])
 
 
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
 def ensure_ray() -> None:
     """A local Ray unless one is running (``ray job submit`` and tests start their own); quiet Data progress bars.
 
@@ -176,8 +181,7 @@ def _run(job: JobConfig, model: ModelSpec, side: str, inputs: JobInputs, info: d
 
     A job started again under its name with the same settings continues its unfinished MLflow run (as its Train run
     resumes)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_backend(backend)
     kind = "teacher" if side == "hq" else "student"
     uri = job.tracking_uri or tracking.tracking_uri()
     role = kind if side == "hq" else f"student-{job.loss.objective}"

@@ -17,7 +17,7 @@ from partkd.data.shards import load_info
 from partkd.data.synth import SynthConfig
 from partkd.train.config import JobConfig, load_config
 from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, plot_confusion
-from partkd.train.jobs import JobResult, absolute_paths, train_student, train_teacher
+from partkd.train.jobs import JobResult, absolute_paths, check_backend, train_student, train_teacher
 from partkd.train.objectives import get_objective
 from partkd.train.results import results_table
 
@@ -62,6 +62,7 @@ def run_pipeline(job: JobConfig, say: Callable[[str], None] = print, objectives:
     """Train and evaluate the models of Table 1 on ``job.data.path`` with ``job``'s settings: the teacher, then a
     student per objective (``ce`` is the student without KD; all four give the paper's Table 4 ablation).
     ``backend``: ``ray`` (Ray Train jobs) or ``local`` (every job in this process)."""
+    check_backend(backend)
     job = absolute_paths(job)
     info = load_info(job.data.path)
     uri = job.tracking_uri or tracking.tracking_uri()
