@@ -46,16 +46,11 @@ def make_sample(sample_id: str, label: int = 0, frames: int = 5, persons: int = 
     )
 
 
-def pytest_collection_modifyitems(items):
-    """The tests that use Ray run last: everything else first, on a machine with no Ray running, and Ray starts once
-    for the rest (the order within each group is kept)."""
-    items.sort(key=lambda item: "ray_session" in getattr(item, "fixturenames", ()))
-
-
 @pytest.fixture(autouse=True)
 def one_ray(request):
-    """A test that runs Ray without the ``ray_session`` fixture would start a second, local Ray in this process
-    (before the session's cluster exists, by the order above): it fails here, naming itself."""
+    """A test that runs Ray without the ``ray_session`` fixture would start a second, local Ray in this process, or
+    join the session's cluster unannounced (the tests without Ray run before this process joins it: see
+    ``pytest_collection_modifyitems``): it fails here, naming itself."""
     yield
     ray = sys.modules.get("ray")
     if "ray_session" not in request.fixturenames and ray is not None and ray.is_initialized():
@@ -98,61 +93,100 @@ def head_first(node_ids: list[str], address: str, env: dict) -> list[str]:
     return [head] + [n for n in node_ids if n != head]
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """The one Ray of the test session (one Ray per machine): ``ray start --head`` and a second node joined over
-    loopback, as a user's cluster of two machines, with token authentication on (the default since Ray 2.59). Each
-    node has a temporary folder of its own (a shared one lets one node's runtime-env agent delete a job's working
-    directory under the other); the head has no CPU (``HEAD_CPUS``). Stopped at the end: the two ``ray start
-    --block`` processes get a few seconds to stop what they started, then their process groups are killed."""
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    temps = [tempfile.mkdtemp(prefix="rayc", dir="/tmp") for _ in range(2)]  # short: socket paths live under it
-    gcs, dashboard = free_port(), free_port()
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-           # Ray Train's controller polls its workers every 2 s by default: each job would wait for it at start and end
-           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-           # no node is ever drained here: no job needs its own process watching for preemption
-           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+class StartingCluster:
+    """The session's two ``ray start --block`` processes, from the moment they are launched: ``ray start --head`` and
+    a second node joined over loopback, as a user's cluster of two machines, with token authentication on (the default
+    since Ray 2.59). Each node has a temporary folder of its own (a shared one lets one node's runtime-env agent delete
+    a job's working directory under the other); the head has no CPU (``HEAD_CPUS``)."""
 
-    def node_flags(cpus: int):
-        return ["--block", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    def __init__(self):
+        self.ray_cli = str(Path(sys.executable).with_name("ray"))
+        self.temps = [tempfile.mkdtemp(prefix="rayc", dir="/tmp") for _ in range(2)]  # short: socket paths live there
+        self.gcs, self.dashboard = free_port(), free_port()
+        self.env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+                    # Ray Train's controller polls its workers every 2 s by default: each job would wait for it at
+                    # start and end
+                    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+                    # no node is ever drained here: no job needs its own process watching for preemption
+                    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+        self.nodes: list[subprocess.Popen] = []
+        try:
+            self._launch(["--head", f"--port={self.gcs}", f"--dashboard-port={self.dashboard}",
+                          "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={self.temps[0]}",
+                          f"--ray-client-server-port={free_port()}"], HEAD_CPUS)
+            self._launch([f"--address=127.0.0.1:{self.gcs}", f"--temp-dir={self.temps[1]}",
+                          *(f"--{name}={free_port()}" for name in (  # its agents beside the head's
+                              "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                              "runtime-env-agent-port", "node-manager-port", "object-manager-port"))], NODE_CPUS)
+        except BaseException:
+            self.stop()
+            raise
 
-    nodes = [subprocess.Popen([ray_cli, "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
-                               "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temps[0]}",
-                               f"--ray-client-server-port={free_port()}", *node_flags(HEAD_CPUS)], env=env,
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        nodes.append(subprocess.Popen([ray_cli, "start", f"--address=127.0.0.1:{gcs}", f"--temp-dir={temps[1]}",
-                                       *node_flags(NODE_CPUS), *(f"--{name}={free_port()}" for name in (
-                                           "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                           "metrics-export-port", "runtime-env-agent-port", "node-manager-port",
-                                           "object-manager-port"))],  # its agents beside the head's
-                                      env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
-        address = f"http://127.0.0.1:{dashboard}"
+    def _launch(self, flags: list[str], cpus: int) -> None:
+        self.nodes.append(subprocess.Popen(
+            [self.ray_cli, "start", *flags, "--block", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1",
+             "--disable-usage-stats"], env=self.env, start_new_session=True, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL))
+
+    def wait_up(self) -> RayCluster:
+        """Both nodes alive, seen through the dashboard."""
+        address = f"http://127.0.0.1:{self.dashboard}"
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # both nodes alive, seen through the dashboard
-            check = subprocess.run([ray_cli, "list", "nodes", "--address", address, "--format", "json"], env=env,
-                                   capture_output=True, text=True)
+        while time.monotonic() < deadline:
+            check = subprocess.run([self.ray_cli, "list", "nodes", "--address", address, "--format", "json"],
+                                   env=self.env, capture_output=True, text=True)
             alive = [n["node_id"] for n in json.loads(check.stdout) if n["state"] == "ALIVE"] if (
                 check.returncode == 0 and check.stdout.startswith("[")) else []  # or "No resource in the cluster"
             if len(alive) == 2:
-                break
+                return RayCluster(address, f"127.0.0.1:{self.gcs}", self.env, head_first(alive, address, self.env))
             time.sleep(1)
-        else:
-            pytest.fail(f"the two-node cluster did not come up: {check.stdout[-1000:]} {check.stderr[-1000:]}")
-        yield RayCluster(address, f"127.0.0.1:{gcs}", env, head_first(alive, address, env))
-    finally:
-        for node in reversed(nodes):  # the worker first; each `ray start --block` stops what it started
+        pytest.fail(f"the two-node cluster did not come up: {check.stdout[-1000:]} {check.stderr[-1000:]}")
+
+    def stop(self) -> None:
+        """The two ``ray start --block`` processes get a few seconds to stop what they started, then their process
+        groups are killed."""
+        for node in reversed(self.nodes):  # the worker first; each `ray start --block` stops what it started
             node.send_signal(signal.SIGTERM)
-        for node in reversed(nodes):
+        for node in reversed(self.nodes):
             try:
                 node.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
-        for temp in temps:
+        self.nodes = []
+        for temp in self.temps:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+STARTING = pytest.StashKey[StartingCluster]()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests that use Ray run last: everything else first, in this process without Ray, and the tests that need
+    the session's cluster after it (the order within each group is kept). When some do, the cluster starts now, in the
+    background: its nodes come up while the tests that need no Ray run."""
+    items.sort(key=lambda item: "ray_session" in getattr(item, "fixturenames", ()))
+    if not config.option.collectonly and any({"ray_session", "ray_cluster"} & set(getattr(item, "fixturenames", ()))
+                                             for item in items):
+        config.stash[STARTING] = StartingCluster()
+
+
+def pytest_sessionfinish(session):
+    starting = session.config.stash.get(STARTING, None)
+    if starting is not None:  # stopped here if no test got as far as the cluster (-x, a keyboard interrupt)
+        starting.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(request):
+    """The one Ray of the test session (one Ray per machine): the :class:`StartingCluster` collection started, once
+    both its nodes are up; stopped at the end of the session."""
+    starting = request.config.stash.get(STARTING, None) or StartingCluster()
+    request.config.stash[STARTING] = starting
+    try:
+        yield starting.wait_up()
+    finally:
+        starting.stop()
 
 
 @pytest.fixture(scope="session")

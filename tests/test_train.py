@@ -1,8 +1,9 @@
 """Ray Train jobs end to end: 2-worker DDP (gloo) on the shared dataset, a real MLflow SQLite store.
 
 What the loop computes is checked in process (test_loop.py); here Ray runs it: a DDP teacher that survives an injected
-worker failure with exactly the result of an uninterrupted run, a bank-mode student from the command line, and bad
-data stopping a job with the shard and sample named.
+worker failure with exactly the result of an uninterrupted run, a distilling student from the command line (the
+paper's in-batch teacher side, gathered across the two ranks every step), and bad data stopping a job with the shard
+and sample named. The bank-mode student from the command line runs in process (test_loop.py).
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def test_ddp_job_survives_an_injected_worker_failure_and_ends_like_an_uninterrup
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_bank_student_from_the_command_line_distills_with_e_of_the_training_rows(root, train_data, teacher, capsys):
-    sets = tiny_sets(root, train_data, "student-bank", SLICE, "loss.hq_source=bank", "loss.bank_negatives=8")
+def test_ddp_student_from_the_command_line_distills_with_e_of_the_training_rows(root, train_data, teacher, capsys):
+    sets = tiny_sets(root, train_data, "student-batch", SLICE, "loss.hq_source=batch")
     code = main(["train", "student", "--teacher", str(teacher.checkpoint),
                  *[arg for item in sets for arg in ("--set", item)]])
     out = capsys.readouterr().out
@@ -78,13 +79,13 @@ def test_bank_student_from_the_command_line_distills_with_e_of_the_training_rows
     assert "xsub+val0.25-0" in matrix  # ... less its validation slice
     run = client(root).get_run(re.search(r"mlflow run +(\w+)", out).group(1))
     assert run.info.status == "FINISHED" and run.data.tags["teacher_run_id"] == teacher.run_id
-    assert run.data.params["loss.hq_source"] == "bank" and run.data.params["train.num_workers"] == "2"
+    assert run.data.params["loss.hq_source"] == "batch" and run.data.params["train.num_workers"] == "2"
     ce, pmsc, total = (history(root, run.info.run_id, k) for k in ("loss/ce", "loss/pmsc", "loss/total"))
     assert [s for s, _ in pmsc] == list(range(EPOCHS)) and all(np.isfinite(v) and v > 0 for _, v in pmsc)
     assert [t for _, t in total] == pytest.approx([c + p for (_, c), (_, p) in zip(ce, pmsc)], rel=1e-5)  # alpha 1
     logged = {a.path for a in client(root).list_artifacts(run.info.run_id, "part_matrix")}
     assert f"part_matrix/{matrix.rsplit('/', 1)[-1]}" in logged
-    meta = load_meta(root / "ray" / "student-bank" / "final")
+    meta = load_meta(root / "ray" / "student-batch" / "final")
     assert (meta.side, meta.model.layout, meta.data.val_fraction) == ("lq", "coco17", VAL_FRACTION)
 
 

@@ -1,11 +1,12 @@
 """The hyperparameter study end to end: Ray Tune + Optuna + ASHA over tiny student jobs, a real MLflow SQLite store,
 submitted as a Ray job to the session's two-node cluster.
 
-One study of three trials is shared by the module. ``cluster/submit.sh`` submits it; its driver runs on the head and its
-trials train on the second node (the head has no CPU). The driver is killed (SIGKILL) once two trials have ended, and
-a second submission with ``--resume`` takes the study to the end, finish included. Trials run one at a time, so ASHA
-sees their results in the same order in every run. The tests read what a user reads: the MLflow runs and the study's
-report folder.
+One study of two trials is shared by the module. ``cluster/submit.sh`` submits it; its driver runs on the head and its
+trials train on the second node (the head has no CPU). The driver is killed (SIGKILL) as its search ends and its finish
+begins, and a second submission with ``--resume`` takes the study to the end without running a trial again. Trials run
+one at a time, so ASHA sees their results in the same order in every run (and a resumed ASHA, which starts without the
+results of the trials that ended before, is never asked to stop one). The tests read what a user reads: the MLflow runs
+and the study's report folder.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from tuning.study import StudyExistsError, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
-TRIALS = 3
+TRIALS = 2  # with this seed the second is worse than the first at the grace epoch: ASHA stops it
 SPACE = ("loss.alpha", "loss.w", "loss.tau", "loss.grouping", "train.lr")
 
-# one trial at a time, its worker on half of the second node's 2 CPUs: Ray Data has a whole CPU beside it
+# one trial at a time, its worker on half of the second node's 2 CPUs: Ray Data has a whole CPU beside it (a 2-worker
+# trial took 60-66 s here against 44; DDP students run in test_train)
 STUDY_FILE = """
 [study]
 name = "{name}"
@@ -111,8 +113,9 @@ def study_drivers(config: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def killed(root, ray_cluster, ray_teacher):
-    """The study's first submission, its driver killed (SIGKILL) once two trials have ended: the parent run id and
-    the state of each trial that had ended by then."""
+    """The study's first submission, its driver killed (SIGKILL) as soon as the search has ended (every trial ended,
+    the search's report written) and its finish has begun, or is about to: the parent run id and each trial's
+    state."""
     config = study_file(root, "tiny", teacher=str(ray_teacher.checkpoint))
     job = submit(ray_cluster, config, root / "submit-1.log")
     uri, experiment = f"sqlite:///{root / 'mlflow.db'}", f"partkd/{load_info(root.parent / 'data')['name']}"
@@ -122,16 +125,15 @@ def killed(root, ray_cluster, ray_teacher):
         while time.monotonic() < deadline and job.poll() is None:
             parent = parent or tracking.unfinished_run(uri, experiment, "study-tiny")
             done = [r for r in trial_runs(root, parent) if "state" in r.data.tags] if parent else []
-            if len(done) >= 2:
+            if len(done) >= TRIALS and (root / "studies" / "tiny" / "report" / "best_config.json").exists():
                 break
-            time.sleep(1)
-        time.sleep(2)  # the experiment state is saved each step (TUNE_GLOBAL_CHECKPOINT_S=0)
+            time.sleep(0.5)
     finally:
         for pid in study_drivers(config):
             os.kill(pid, signal.SIGKILL)
         job.wait(timeout=120)
     log = (root / "submit-1.log").read_text()
-    assert 2 <= len(done) < TRIALS, f"the driver ended before two trials ended, or after all:\n{log[-3000:]}"
+    assert len(done) == TRIALS, f"the driver ended before every trial had:\n{log[-3000:]}"
     assert job.returncode != 0 and "failed" in log.lower(), log[-3000:]  # the job saw its driver die
     return parent, {r.info.run_id: r.data.tags["state"] for r in done}
 
@@ -238,8 +240,8 @@ def test_driver_on_the_head_trials_on_the_other_node_with_the_uploaded_code(root
 
 
 def test_killed_study_resumed_keeps_its_parent_and_its_ended_trials(root, study, killed):
-    """The resumed study has all its trials under the same parent; the trials that had ended were neither re-run nor
-    duplicated in MLflow."""
+    """The resumed study has all its trials under the same parent; the trials, which had all ended, were neither re-run
+    nor duplicated in MLflow (the finish, killed as it began, has its two runs once: test_finish_...)."""
     parent, before = killed
     runs = trial_runs(root, parent)
     assert len(runs) == TRIALS
@@ -256,9 +258,8 @@ def test_asha_stops_a_trial_early_and_saves_epochs(root, study, killed):
     metrics = client(root).get_run(study.run_id).data.metrics
     assert metrics["search/epochs"] == sum(t["epochs"] for t in study.trials) < TRIALS * EPOCHS
     assert metrics["search/epochs_saved"] == pytest.approx(1 - metrics["search/epochs"] / (TRIALS * EPOCHS))
-    # trials per hour of the resumed leg: the trials that ended in it (not those that ended before the kill)
-    this_leg = metrics["search/trials_per_hour"] * metrics["search/wall_s"] / 3600
-    assert this_leg == pytest.approx(round(this_leg)) and 1 <= round(this_leg) <= TRIALS - len(killed[1])
+    # trials per hour of the resumed leg: the trials that ended in it (none: they had all ended before the kill)
+    assert metrics["search/trials_per_hour"] == 0 and len(killed[1]) == TRIALS
 
 
 def test_best_config_is_the_best_trial_and_recorded_on_the_parent(root, study):
