@@ -238,3 +238,35 @@ def ray_teacher(ray_session, train_data):
 
     job = tiny_job(train_data.parent, train_data, "teacher", f"data.val_fraction={VAL_FRACTION}")
     return train_teacher(job, say=lambda line: None)
+
+
+def cli_student(root: Path, data: Path, teacher, name: str, epochs: int, capsys, *sets: str, backend: str = "ray"):
+    """``partkd train student`` of a tiny job on ``data`` (the validation slice held out), E computed on the fly from
+    ``teacher``, checked as a user reads it: E of the training rows less the slice, a FINISHED MLflow run under the
+    teacher's, each epoch's PMSC term positive and its total the CE plus it (alpha 1), E logged beside the student, and
+    the checkpoint's data settings. Returns the MLflow run."""
+    import re
+
+    from mlflow.tracking import MlflowClient
+
+    from partkd.cli import main
+    from partkd.train.checkpoint import load_meta
+
+    args = [arg for item in tiny_sets(root, data, name, f"data.val_fraction={VAL_FRACTION}", *sets)
+            for arg in ("--set", item)]
+    code = main(["train", "student", "--teacher", str(teacher.checkpoint), "--backend", backend, *args])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    matrix = re.search(r"part matrix: (\S+)", out).group(1)  # computed on the fly: the job's training rows
+    assert f"xsub+val{VAL_FRACTION:g}-0" in matrix  # ... less its validation slice
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    run = client.get_run(re.search(r"mlflow run +(\w+)", out).group(1))
+    assert run.info.status == "FINISHED" and run.data.tags["teacher_run_id"] == teacher.run_id
+    ce, pmsc, total = ([m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+                       for key in ("loss/ce", "loss/pmsc", "loss/total"))
+    assert len(pmsc) == epochs and all(np.isfinite(v) and v > 0 for v in pmsc)
+    assert total == pytest.approx([c + p for c, p in zip(ce, pmsc)], rel=1e-5)
+    assert f"part_matrix/{Path(matrix).name}" in {a.path for a in client.list_artifacts(run.info.run_id, "part_matrix")}
+    meta = load_meta(root / "ray" / name / "final")
+    assert (meta.side, meta.model.layout, meta.data.val_fraction) == ("lq", "coco17", VAL_FRACTION)
+    return run

@@ -4,13 +4,11 @@ against their loss functions, and E against a literal recomputation."""
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VAL_FRACTION, tiny_job, tiny_sets
+from conftest import VAL_FRACTION, cli_student, tiny_job
 from mlflow.tracking import MlflowClient
 
 from partkd.cli import main
@@ -263,23 +261,9 @@ def test_part_matrix_is_never_computed_on_the_validation_slice(root, train_data,
 
 
 def test_bank_student_from_the_command_line_distills_with_e_of_the_training_rows(root, train_data, teacher, capsys):
-    sets = tiny_sets(root, train_data, "student-bank", SLICE, "loss.hq_source=bank", "loss.bank_negatives=8")
-    code = main(["train", "student", "--teacher", str(teacher.checkpoint), "--backend", "local",
-                 *[arg for item in sets for arg in ("--set", item)]])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    matrix = re.search(r"part matrix: (\S+)", out).group(1)  # computed on the fly: the job's training rows
-    assert "xsub+val0.25-0" in matrix  # ... less its validation slice
-    run = client(root).get_run(re.search(r"mlflow run +(\w+)", out).group(1))
-    assert run.info.status == "FINISHED" and run.data.tags["teacher_run_id"] == teacher.run_id
+    run = cli_student(root, train_data, teacher, "student-bank", EPOCHS, capsys, "loss.hq_source=bank",
+                      "loss.bank_negatives=8", backend="local")
     assert run.data.params["loss.hq_source"] == "bank"
-    ce, pmsc, total = (history(root, run.info.run_id, k) for k in ("loss/ce", "loss/pmsc", "loss/total"))
-    assert [s for s, _ in pmsc] == list(range(EPOCHS)) and all(np.isfinite(v) and v > 0 for _, v in pmsc)
-    assert [t for _, t in total] == pytest.approx([c + p for (_, c), (_, p) in zip(ce, pmsc)], rel=1e-5)  # alpha 1
-    logged = {a.path for a in client(root).list_artifacts(run.info.run_id, "part_matrix")}
-    assert f"part_matrix/{matrix.rsplit('/', 1)[-1]}" in logged
-    meta = load_meta(root / "ray" / "student-bank" / "final")
-    assert (meta.side, meta.model.layout, meta.data.val_fraction) == ("lq", "coco17", VAL_FRACTION)
 
 
 def test_part_matrix_cache_names_its_temperature(teacher, part_matrix):

@@ -8,21 +8,18 @@ and sample named. The bank-mode student from the command line runs in process (t
 
 from __future__ import annotations
 
-import re
 import shutil
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import VAL_FRACTION, tiny_job, tiny_sets
+from conftest import VAL_FRACTION, cli_student, tiny_job
 from mlflow.tracking import MlflowClient
 
-from partkd.cli import main
 from partkd.data.schema import ShardError
 from partkd.data.shards import load_info, shard_paths
-from partkd.train.checkpoint import load_meta, load_model
+from partkd.train.checkpoint import load_model
 from partkd.train.jobs import JobDataError, train_teacher
 
 EPOCHS = 2
@@ -70,23 +67,8 @@ def test_ddp_job_survives_an_injected_worker_failure_and_ends_like_an_uninterrup
 
 
 def test_ddp_student_from_the_command_line_distills_with_e_of_the_training_rows(root, train_data, teacher, capsys):
-    sets = tiny_sets(root, train_data, "student-batch", SLICE, "loss.hq_source=batch")
-    code = main(["train", "student", "--teacher", str(teacher.checkpoint),
-                 *[arg for item in sets for arg in ("--set", item)]])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    matrix = re.search(r"part matrix: (\S+)", out).group(1)  # computed on the fly: the job's training rows
-    assert "xsub+val0.25-0" in matrix  # ... less its validation slice
-    run = client(root).get_run(re.search(r"mlflow run +(\w+)", out).group(1))
-    assert run.info.status == "FINISHED" and run.data.tags["teacher_run_id"] == teacher.run_id
+    run = cli_student(root, train_data, teacher, "student-batch", EPOCHS, capsys, "loss.hq_source=batch")
     assert run.data.params["loss.hq_source"] == "batch" and run.data.params["train.num_workers"] == "2"
-    ce, pmsc, total = (history(root, run.info.run_id, k) for k in ("loss/ce", "loss/pmsc", "loss/total"))
-    assert [s for s, _ in pmsc] == list(range(EPOCHS)) and all(np.isfinite(v) and v > 0 for _, v in pmsc)
-    assert [t for _, t in total] == pytest.approx([c + p for (_, c), (_, p) in zip(ce, pmsc)], rel=1e-5)  # alpha 1
-    logged = {a.path for a in client(root).list_artifacts(run.info.run_id, "part_matrix")}
-    assert f"part_matrix/{matrix.rsplit('/', 1)[-1]}" in logged
-    meta = load_meta(root / "ray" / "student-batch" / "final")
-    assert (meta.side, meta.model.layout, meta.data.val_fraction) == ("lq", "coco17", VAL_FRACTION)
 
 
 def test_truncated_shard_fails_fast_naming_the_shard(root, train_data):
