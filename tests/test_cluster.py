@@ -33,18 +33,18 @@ def manifests() -> list[tuple[Path, dict]]:
 
 
 def ray_spec(obj: dict) -> dict | None:
-    """A RayCluster's spec, or the cluster spec inside a RayJob."""
-    return {"RayCluster": lambda: obj["spec"], "RayJob": lambda: obj["spec"].get("rayClusterSpec")}.get(
-        obj["kind"], lambda: None)()
+    """A RayCluster's spec, or the cluster spec inside a RayJob; None for any other kind."""
+    if obj["kind"] == "RayCluster":
+        return obj["spec"]
+    return obj["spec"].get("rayClusterSpec") if obj["kind"] == "RayJob" else None
 
 
 def pod_specs(obj: dict) -> list[dict]:
+    """The pod specs of a Ray object's groups, or of a workload's pod template (Deployment, StatefulSet, Job)."""
     spec = ray_spec(obj)
     if spec is not None:
-        groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
-        return [g["template"]["spec"] for g in groups]
-    template = obj.get("spec", {}).get("template") or obj.get("spec", {}).get("jobTemplate", {}).get("spec", {}).get(
-        "template")
+        return [group["template"]["spec"] for group in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]]
+    template = obj.get("spec", {}).get("template")
     return [template["spec"]] if template else []
 
 

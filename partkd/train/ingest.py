@@ -30,13 +30,11 @@ class JobDataConfig(ray.train.DataConfig):
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         streamed = {name: ds for name, ds in datasets.items() if name not in self._parts}
         output = super().configure(streamed, world_size, worker_handles, worker_node_ids, **kwargs)
-        for name, parts in self._parts.items():
-            if name not in datasets:
-                continue  # Ray Train configures one dataset at a time
+        for name in self._parts.keys() & datasets.keys():  # Ray Train configures one dataset at a time
+            parts = self._parts[name]
             if len(parts) != world_size:
                 raise RuntimeError(f"dataset {name!r} was split for {len(parts)} workers, the job has {world_size}")
-            for rank, part in enumerate(parts):
-                part = part.copy(part)
+            for rank, part in enumerate(parts):  # each part is this config's own: its options are set in place
                 part.context.execution_options = self._resolve_execution_options(name)
                 output[rank][name] = part.iterator()
         return output
