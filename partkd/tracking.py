@@ -8,6 +8,7 @@ The tracking URI comes from ``MLFLOW_TRACKING_URI``; without it, a SQLite file `
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import threading
@@ -43,12 +44,34 @@ def _default_artifact_root(uri: str) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, token usage); ours are model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(uri: str, name: str) -> str:
+    """The experiment ``name``, created if absent; either way marked as model development (:data:`EXPERIMENT_KIND`)."""
     client = _client(uri)
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=_default_artifact_root(uri))
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=_default_artifact_root(uri), tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():  # one made before partkd set it
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def log_dataset(uri: str, run_id: str, info: dict, location: str, context: str = "training") -> None:
+    """Record dataset ``info`` (its ``dataset.json``) at ``location`` as an input of the run, its fingerprint as the
+    digest: the runs table's Dataset column names it, and runs on the same data share a digest."""
+    entities = _entities()
+    counts = {k: v for k, v in info.get("counts", {}).items() if isinstance(v, int)}
+    dataset = entities.Dataset(name=info["name"], digest=info["fingerprint"][:36],
+                               source_type="s3" if location.startswith("s3://") else "local", source=json.dumps(
+                                   {"uri": location, "fingerprint": info["fingerprint"]}),
+                               profile=json.dumps({"counts": counts, "hq_layout": info.get("hq_layout"),
+                                                   "lq_layout": info.get("lq_layout")}))
+    _client(uri).log_inputs(run_id, [entities.DatasetInput(dataset, [entities.InputTag("mlflow.data.context",
+                                                                                       context)])])
 
 
 def git_commit() -> str:
@@ -98,11 +121,15 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
 
 @contextlib.contextmanager
 def run(uri: str, experiment: str, run_name: str, params: dict, tags: dict, parent_run_id: str | None = None,
-        resume_unfinished: bool = False, may_differ: tuple = ()) -> Iterator[str]:
+        resume_unfinished: bool = False, may_differ: tuple = (), dataset: tuple[dict, str] | None = None
+        ) -> Iterator[str]:
     """A run (a job's, or a parent's: a demo, a benchmark, a study) for the length of a ``with`` block: started (or
     continued, see :func:`start_run`), yields its id, ended FINISHED; an error ends it FAILED and Ctrl-C KILLED,
-    unless someone has ended it already (a study ends a trial it stops early with the trial's state)."""
+    unless someone has ended it already (a study ends a trial it stops early with the trial's state). ``dataset``:
+    ``(dataset.json content, location)`` of the data it trains on, recorded as its input (:func:`log_dataset`)."""
     run_id = start_run(uri, experiment, run_name, params, tags, parent_run_id, resume_unfinished, may_differ)
+    if dataset is not None:
+        log_dataset(uri, run_id, *dataset)
     try:
         yield run_id
     except BaseException as err:

@@ -21,6 +21,19 @@ os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.pop("RAY_ADDRESS", None)
 
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The tests' S3-compatible server (s3_server: moto on loopback) is named here for the same reason: the cluster's nodes,
+# the drivers and the tracking server find an object store through the standard AWS variables, as on KubeRay.
+os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_ACCESS_KEY_ID="partkd-tests",
+                  AWS_SECRET_ACCESS_KEY="partkd-tests", AWS_DEFAULT_REGION="us-east-1")
+os.environ["MLFLOW_S3_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]  # MLflow's artifact store reads this one
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -63,12 +76,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # The session cluster's head runs no work (0 CPUs, as on a KubeRay cluster): drivers, the dashboard and job server
@@ -198,6 +205,54 @@ def ray_session(ray_cluster):
     ray.init(address=ray_cluster.gcs, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    log: Path  # its request log: a line per request, e.g. "GET /bucket/key HTTP/1.1" 200
+
+    def bucket(self, name: str) -> str:
+        """A new, empty bucket: its ``s3://`` URI."""
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint).create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """An S3-compatible server (moto's, in server mode) on loopback at ``AWS_ENDPOINT_URL``, for the session."""
+    log = tmp_path_factory.mktemp("s3") / "requests.log"
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    with open(log, "w") as out:
+        server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p",
+                                   endpoint.rsplit(":", 1)[1]], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"{endpoint}/moto-api/", server, log)
+        yield S3Server(endpoint, log)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    """Until ``url`` answers (any HTTP status); fails with the end of ``log`` if ``process`` exits first."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{process.args[0]} exited ({process.returncode}): {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"{url} did not answer in {seconds:.0f} s: {log.read_text()[-2000:]}")
 
 
 # The training tests' dataset: small enough for seconds-long jobs, with solitary samples (a quarter) and enough

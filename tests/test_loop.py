@@ -4,6 +4,9 @@ against their loss functions, and E against a literal recomputation."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -53,7 +56,7 @@ def teacher(root, train_data):
 
 @pytest.fixture(scope="module")
 def part_matrix(teacher):
-    return part_matrix_for_teacher(teacher.checkpoint)
+    return Path(part_matrix_for_teacher(teacher.checkpoint))
 
 
 def client(root) -> MlflowClient:
@@ -75,6 +78,13 @@ def test_teacher_run_has_params_metrics_tags_and_checkpoint(root, train_data, te
     assert run.data.params["train.epochs"] == str(EPOCHS)
     assert run.data.params["loss.objective"] == "pmsc"  # the whole config, even the parts a teacher ignores
     assert run.data.tags["kind"] == "teacher" and len(run.data.tags["dataset_fingerprint"]) == 64
+    # what the MLflow UI shows: a model-development experiment (not its GenAI view), the dataset as the run's input
+    experiment = client(root).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    info = load_info(train_data)
+    [dataset] = [i.dataset for i in run.inputs.dataset_inputs]
+    assert (dataset.name, dataset.digest) == (info["name"], info["fingerprint"][:36])
+    assert json.loads(dataset.source)["uri"] == str(train_data)
     for key in ("loss/ce", "loss/total", "train/top1", "val/top1", "lr", "samples_per_s"):
         assert [step for step, _ in history(root, teacher.run_id, key)] == list(range(EPOCHS)), key
     assert [v for _, v in history(root, teacher.run_id, "lr")] == pytest.approx([0.05, 0.005])  # x0.1 at epoch 1
@@ -247,17 +257,17 @@ def test_part_matrix_is_never_computed_on_the_validation_slice(root, train_data,
     assert "xsub+val0.25-0" in part_matrix.name
     assert np.allclose(np.load(part_matrix), expected, atol=1e-6)
     job = local_job(root, train_data, "any", SLICE)
-    assert part_matrix_for_teacher(teacher.checkpoint, job.data) == part_matrix
+    assert part_matrix_for_teacher(teacher.checkpoint, job.data) == str(part_matrix)
     assert main(["part-matrix", "--teacher", str(teacher.checkpoint), "--overwrite"]) == 0
     assert f"E: {part_matrix}" in capsys.readouterr().out
     assert np.allclose(np.load(part_matrix), expected, atol=1e-6)
-    whole = part_matrix_for_teacher(teacher.checkpoint, load_config(sets=[f"data.path={train_data}", "data.frames=16",
-                                                                          "data.persons=1"]).data)
+    no_slice = load_config(sets=[f"data.path={train_data}", "data.frames=16", "data.persons=1"]).data
+    whole = Path(part_matrix_for_teacher(teacher.checkpoint, no_slice))
     assert whole != part_matrix and "_xsub_" in whole.name  # without a slice: a file of its own
     with pytest.warns(DeprecationWarning, match="pass a DataConfig"):  # the old keywords, for one release
         legacy = part_matrix_for_teacher(teacher.checkpoint, str(train_data), "xsub", "paper5", frames=16, persons=1,
                                          val_fraction=VAL_FRACTION)
-    assert legacy == part_matrix
+    assert legacy == str(part_matrix)
 
 
 def test_bank_student_from_the_command_line_distills_with_e_of_the_training_rows(root, train_data, teacher, capsys):
@@ -269,7 +279,7 @@ def test_bank_student_from_the_command_line_distills_with_e_of_the_training_rows
 def test_part_matrix_cache_names_its_temperature(teacher, part_matrix):
     model, _ = load_frozen_teacher(teacher.checkpoint, torch.device("cpu"))
     assert not model.training and not any(p.requires_grad for p in model.parameters())
-    other = part_matrix_for_teacher(teacher.checkpoint, temperature=0.5)
+    other = Path(part_matrix_for_teacher(teacher.checkpoint, temperature=0.5))
     assert other != part_matrix and other.exists() and part_matrix.exists()  # a cached E of T=1 is not returned
 
 

@@ -9,6 +9,7 @@ and sample named. The bank-mode student from the command line runs in process (t
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,7 +75,7 @@ def test_ddp_student_from_the_command_line_distills_with_e_of_the_training_rows(
 def test_truncated_shard_fails_fast_naming_the_shard(root, train_data):
     broken = root / "broken"
     shutil.copytree(train_data, broken)
-    shard = shard_paths(broken)[0]
+    shard = Path(shard_paths(broken)[0])
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     with pytest.raises(ShardError, match=shard.name):
         train_teacher(tiny_job(root, broken, "teacher-broken"), quiet)
@@ -87,7 +88,7 @@ def test_bad_row_fails_the_job_naming_shard_and_sample(root, train_data, cache):
     and the sample, instead of hanging or training on the rest."""
     bad = root / f"bad-row-{cache}"
     shutil.copytree(train_data, bad)
-    shard = shard_paths(bad)[0]
+    shard = Path(shard_paths(bad)[0])
     table = pq.read_table(shard)
     shapes = table.column("hq_shape").to_pylist()
     row = next(i for i, s in enumerate(shapes) if s is not None)

@@ -35,7 +35,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 import partkd
-from partkd import tracking
+from partkd import storage, tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import SynthConfig, write_synthetic
 from partkd.train.checkpoint import load_meta
@@ -61,10 +61,10 @@ class StudyExistsError(RuntimeError):
     """The study's folder already holds a search; resume it or name another study."""
 
 
-def train_run_folder(base: dict, config: dict, trial_id: str) -> Path:
+def train_run_name(base: dict, config: dict, trial_id: str) -> str:
     """The Ray Train run of a trial: named after the trial (never a timestamp), so a restored trial resumes it."""
     run = config["finish"]["run"] if "finish" in config else f"trial-{trial_id}"
-    return Path(base["train"]["storage_path"]) / f"{base['train']['name']}-{run}"
+    return f"{base['train']['name']}-{run}"
 
 
 def run_trial(config: dict, base: dict, part_matrices: dict[str, str]) -> None:
@@ -75,9 +75,9 @@ def run_trial(config: dict, base: dict, part_matrices: dict[str, str]) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     finish = config.get("finish")
     settings, stage = (finish["settings"], "finish") if finish else (config, "trial")
-    folder = train_run_folder(base, config, trial_id)
     job = load_config(JobConfig.from_dict(base), sets=to_settings(settings))
-    job = replace(job, part_matrix=part_matrices[job.loss.grouping], train=replace(job.train, name=folder.name))
+    job = replace(job, part_matrix=part_matrices[job.loss.grouping],
+                  train=replace(job.train, name=train_run_name(base, config, trial_id)))
     train_student(job, say=lambda line: None, tags={"study.stage": stage, "trial_id": trial_id},
                   callbacks=[TuneReportCallback()])
 
@@ -111,17 +111,18 @@ class StudyResult:
     best_metric: float  # its validation top-1
     trials: list[dict]  # trial id, state, epochs, metric, settings
     markdown: str  # the finish table ("" without finish seeds)
-    folder: Path
+    folder: str  # the study's folder: a local path or a URI
 
 
 def run_study(study: Study, resume: bool = False, say: Callable[[str], None] = print) -> StudyResult:
     """Teacher and E, the search, the finish; see the module docstring."""
     cfg = study.config
-    if os.environ.get("RAY_JOB_ID") and not Path(cfg.storage).is_absolute():
+    if os.environ.get("RAY_JOB_ID") and not (storage.is_remote(cfg.storage) or Path(cfg.storage).is_absolute()):
         raise ValueError(f"study.storage={cfg.storage!r} is relative: under `ray job submit` it would land in the "
                          "job's temporary working directory on the head node; give a path every node shares")
-    folder = Path(cfg.storage).resolve() / cfg.name
-    if (folder / "search").exists() and not resume:
+    storage.check_reachable(cfg.storage, "study.storage")
+    folder = storage.join(storage.absolute(cfg.storage), cfg.name)
+    if storage.exists(storage.join(folder, "search")) and not resume:
         raise StudyExistsError(f"{folder} already holds study {cfg.name!r}: resume it with --resume, or rename it")
     job = _study_job(study, folder)
     info = load_info(job.data.path)
@@ -132,25 +133,26 @@ def run_study(study: Study, resume: bool = False, say: Callable[[str], None] = p
     with tracking.run(job.tracking_uri, f"partkd/{info['name']}", f"study-{cfg.name}", params,
                       {"kind": "study", "dataset_fingerprint": info["fingerprint"], "partkd.path": code,
                        "ray.node_id": ray.get_runtime_context().get_node_id()},  # where the driver ran
-                      resume_unfinished=resume) as parent:
+                      resume_unfinished=resume, dataset=(info, job.data.path)) as parent:
         result = _stages(study, replace(job, parent_run_id=parent), info, folder, say)
     result.run_id = parent
     return result
 
 
-def _study_job(study: Study, folder: Path) -> JobConfig:
+def _study_job(study: Study, folder: str) -> JobConfig:
     """The students' job: Train runs under the study folder, MLflow URI fixed, a synthetic dataset made if asked."""
     cfg, job = study.config, study.job
     if cfg.synth_samples and not job.data.path:
-        job = replace(job, data=replace(job.data, path=str(folder / "data")))
-    if cfg.synth_samples and not (Path(job.data.path) / "dataset.json").exists():
-        write_synthetic(job.data.path, SynthConfig(samples=cfg.synth_samples, classes=cfg.synth_classes,
-                                                   frames=job.data.frames, seed=cfg.synth_seed), overwrite=True)
+        job = replace(job, data=replace(job.data, path=storage.join(folder, "data")))
+    if cfg.synth_samples and not storage.exists(storage.join(job.data.path, "dataset.json")):
+        with storage.staged(job.data.path) as local:
+            write_synthetic(local, SynthConfig(samples=cfg.synth_samples, classes=cfg.synth_classes,
+                                               frames=job.data.frames, seed=cfg.synth_seed), overwrite=True)
     if job.data.val_fraction == 0.0:
         raise ValueError("a study validates on a slice of the training split, never the test split: "
                          "set data.val_fraction in its [job]")
     job = replace(job, tracking_uri=job.tracking_uri or tracking.tracking_uri(),
-                  train=replace(job.train, storage_path=str(folder / "ray"), name=cfg.name))
+                  train=replace(job.train, storage_path=storage.join(folder, "ray"), name=cfg.name))
     if os.environ.get("RAY_JOB_ID") and job.tracking_uri.startswith("sqlite:///") and not job.tracking_uri.startswith(
             "sqlite:////"):
         raise ValueError(f"tracking_uri {job.tracking_uri} is relative: under `ray job submit` it would be deleted "
@@ -158,7 +160,7 @@ def _study_job(study: Study, folder: Path) -> JobConfig:
     return absolute_paths(job)
 
 
-def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> StudyResult:
+def _stages(study: Study, job: JobConfig, info: dict, folder: str, say) -> StudyResult:
     cfg = study.config
     teacher = _teacher(cfg, job, say)
     groupings = sorted({job.loss.grouping, PAPER_SETTINGS["loss.grouping"],
@@ -166,7 +168,8 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> Stud
     say(f"part matrices E ({', '.join(groupings)}) from the teacher's occlusion tests")
     matrices = {g: str(part_matrix_for_teacher(teacher, job.data, g)) for g in groupings}
     for matrix in matrices.values():
-        tracking.log_artifacts(job.tracking_uri, job.parent_run_id, matrix, "part_matrix")
+        with storage.local_copy(matrix) as local:
+            tracking.log_artifacts(job.tracking_uri, job.parent_run_id, local, "part_matrix")
     job = replace(job, teacher_checkpoint=str(teacher))
     concurrent = cfg.max_concurrent or max_concurrent_trials(ray.cluster_resources(), job.train)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base=job.to_dict(),
@@ -185,10 +188,10 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> Stud
                                   max_concurrent=concurrent)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")  # state saved at every step: a resume re-runs no trial
     started = time.time()
-    search = _fit(folder / "search", trainable, lambda: ray.tune.Tuner(
+    search = _fit(storage.join(folder, "search"), trainable, lambda: ray.tune.Tuner(
         trainable, tune_config=ray.tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher,
                                                    scheduler=scheduler, num_samples=cfg.trials),
-        run_config=ray.tune.RunConfig(name="search", storage_path=str(folder), callbacks=[trial_runs],
+        run_config=ray.tune.RunConfig(name="search", storage_path=folder, callbacks=[trial_runs],
                                       failure_config=ray.tune.FailureConfig(max_failures=0))))
     trials = _trial_table(search, study, job.train.epochs)
     best = search.get_best_result(metric=METRIC, mode="max", scope="last")
@@ -204,10 +207,11 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: Path, say) -> Stud
     return StudyResult("", best_settings, best.metrics[METRIC], trials, markdown, folder)
 
 
-def _teacher(cfg: StudyConfig, job: JobConfig, say) -> Path:
+def _teacher(cfg: StudyConfig, job: JobConfig, say) -> str:
     """The given teacher, the study's own if trained already, or a new one (validated on the same slice)."""
     if cfg.teacher_checkpoint:
-        teacher = Path(cfg.teacher_checkpoint).resolve()
+        teacher = storage.absolute(cfg.teacher_checkpoint)
+        storage.check_reachable(teacher, "study.teacher_checkpoint")
         seen = load_meta(teacher).data
         if (seen.val_fraction, seen.val_seed) != (job.data.val_fraction, job.data.val_seed):
             raise ValueError(f"teacher {teacher} was trained with data.val_fraction={seen.val_fraction} "
@@ -216,8 +220,8 @@ def _teacher(cfg: StudyConfig, job: JobConfig, say) -> Path:
                              "slice. Leave study.teacher_checkpoint empty to train one, or match the slice")
         return teacher
     name = f"{cfg.name}-teacher"
-    final = Path(job.train.storage_path) / name / "final"
-    if (final / "meta.json").exists():
+    final = storage.join(job.train.storage_path, name, "final")
+    if storage.exists(storage.join(final, "meta.json")):
         say(f"teacher: reusing {final}")
         return final
     say(f"teacher: ST-GCN on HQ skeletons, {job.train.epochs} epochs")
@@ -225,12 +229,12 @@ def _teacher(cfg: StudyConfig, job: JobConfig, say) -> Path:
                          ).checkpoint
 
 
-def _fit(path: Path, trainable, make_tuner: Callable[[], ray.tune.Tuner]) -> ray.tune.ResultGrid:
+def _fit(path: str, trainable, make_tuner: Callable[[], ray.tune.Tuner]) -> ray.tune.ResultGrid:
     """Fit a new Tune experiment, or restore the one at ``path``: finished trials kept, errored ones restarted. An
     experiment stopped before it first saved its state (``tuner.pkl`` written, no ``experiment_state-*.json``: a study
     killed as its finish began) has nothing to restore and starts anew; Tune's restore would fail on it."""
-    if ray.tune.Tuner.can_restore(path) and any(path.glob("experiment_state-*.json")):
-        return ray.tune.Tuner.restore(str(path), trainable, restart_errored=True).fit()
+    if ray.tune.Tuner.can_restore(path) and storage.listdir(path, "experiment_state-*.json"):
+        return ray.tune.Tuner.restore(path, trainable, restart_errored=True).fit()
     return make_tuner().fit()
 
 
@@ -247,7 +251,7 @@ def _trial_table(results: ray.tune.ResultGrid, study: Study, epochs: int) -> lis
 
 
 def _log_search(job: JobConfig, study: Study, trials: list[dict], best: dict, best_metric: float,
-                folder: Path, started: float) -> dict:
+                folder: str, started: float) -> dict:
     """The parent's record of the search: best config (file and tags), trial table, Optuna plots, and its cost:
     trials per hour of this invocation (``started``: its Unix time; a resumed search counts the trials that reported
     last during this leg) and the share of epochs that early stopping saved against running every trial that did
@@ -265,20 +269,20 @@ def _log_search(job: JobConfig, study: Study, trials: list[dict], best: dict, be
                "search/wall_s": seconds,
                "search/trials_per_hour": 3600.0 * sum(t["ended"] >= started for t in trials) / seconds}
     tracking.log_metrics(uri, parent, metrics)
-    out = folder / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "best_config.json").write_text(json.dumps({"settings": best, METRIC: best_metric}, indent=2))
-    with open(out / "trials.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(trials[0]) if trials else [])
-        writer.writeheader()
-        writer.writerows(trials)
-    log_search_plots(trials, study.space, METRIC, out)
-    tracking.log_artifacts(uri, parent, out, "search")
+    with storage.staged(storage.join(folder, "report")) as out:
+        with open(out / "trials.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(trials[0]) if trials else [])
+            writer.writeheader()
+            writer.writerows(trials)
+        log_search_plots(trials, study.space, METRIC, out)
+        tracking.log_artifacts(uri, parent, out, "search")
+        # last: its presence says the search's report is whole
+        (out / "best_config.json").write_text(json.dumps({"settings": best, METRIC: best_metric}, indent=2))
     return metrics
 
 
 def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs: TrialRuns, concurrent: int, best: dict,
-            study: Study, folder: Path, say) -> str:
+            study: Study, folder: str, say) -> str:
     """The best config and the paper's, each trained with every finish seed on the whole training split and
     evaluated on the test split at each OP; the table (mean ± std, gains over the paper's) goes to the parent."""
     paper = {**{k: job.flat()[k] for k in study.space}, **PAPER_SETTINGS}
@@ -287,11 +291,11 @@ def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs:
             for label, settings in (("best", best), ("paper", paper)) for seed in cfg.finish_seeds]
     say(f"finish: best config and paper defaults, seeds {', '.join(map(str, cfg.finish_seeds))}, "
         f"evaluated on the test split")
-    results = _fit(folder / "finish", trainable, lambda: ray.tune.Tuner(
+    results = _fit(storage.join(folder, "finish"), trainable, lambda: ray.tune.Tuner(
         trainable, param_space={"finish": ray.tune.grid_search(runs)},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrent),
         # a list of its own: Tune adds its progress reporter to the list it is given
-        run_config=ray.tune.RunConfig(name="finish", storage_path=str(folder), callbacks=[trial_runs])))
+        run_config=ray.tune.RunConfig(name="finish", storage_path=folder, callbacks=[trial_runs])))
     labels = {"best": "Student (best config)", "paper": "Student (paper defaults)"}
     rows = []
     for result in results:
@@ -299,17 +303,17 @@ def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs:
             raise RuntimeError(f"finish run {result.config['finish']['run']} failed: {result.error}")
         spec = result.config["finish"]
         seed = spec["settings"]["train.seed"]
-        for ev in evaluate_checkpoint(result.metrics["checkpoint_path"]):  # as it was trained: masks of its seed
+        final = storage.join(job.train.storage_path, train_run_name(job.to_dict(), result.config, ""), "final")
+        for ev in evaluate_checkpoint(final):  # as it was trained: masks of its seed
             rows.append({"key": f"student_{spec['label']}", "model": labels[spec["label"]],
                          "skeleton": f"LQ {info['lq_layout']}", "op": ev.occlusion_prob, "seed": seed,
                          "top1": ev.top1, "top5": ev.top5})
     rows.sort(key=lambda r: (r["key"] != "student_paper", r["op"], r["seed"]))
     markdown, table_csv = summarise(rows, baseline=("student_paper", "paper defaults"))
-    out = folder / "report" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(markdown)
-    (out / "results.csv").write_text(table_csv)
-    tracking.log_artifacts(job.tracking_uri, job.parent_run_id, out, "results")
+    with storage.staged(storage.join(folder, "report", "results")) as out:
+        (out / "results.md").write_text(markdown)
+        (out / "results.csv").write_text(table_csv)
+        tracking.log_artifacts(job.tracking_uri, job.parent_run_id, out, "results")
     say("\n" + markdown)
     return markdown
 
@@ -333,10 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke_test:
             study = smoke_study(study)
         result = run_study(study, resume=args.resume, say=lambda line: print(line, flush=True))
-    except (StudyExistsError, ValueError, FileNotFoundError, KeyError) as err:
+    except (StudyExistsError, storage.StorageError, ValueError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"study {study.config.name}: MLflow run {result.run_id}; reports in {result.folder / 'report'}")
+    print(f"study {study.config.name}: MLflow run {result.run_id}; reports in {storage.join(result.folder, 'report')}")
     return 0
 
 

@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from partkd.data.schema import ShardError
     from partkd.layouts import UnknownNameError
+    from partkd.storage import StorageError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     try:
         return args.func(args)
-    except (ShardError, FileExistsError, FileNotFoundError, UnknownNameError, ValueError) as err:
+    except (ShardError, StorageError, FileExistsError, FileNotFoundError, UnknownNameError, ValueError) as err:
         print(f"partkd: error: {err}", file=sys.stderr)
         return 2
 

@@ -56,7 +56,7 @@ def cmd_part_matrix(args) -> int:
 
     path = part_matrix_for_teacher(args.teacher, _data_settings(args, args.teacher), args.grouping,
                                    temperature=args.temperature, overwrite=args.overwrite)
-    print(f"E: {path}  heatmap: {path.with_suffix('.png')}")
+    print(f"E: {path}  heatmap: {path.removesuffix('.npy')}.png")
     return 0
 
 

@@ -30,12 +30,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as pads
 
 from partkd.data.convert.common import ConvertReport, Progress, Skipped, WriteOptions, write_dataset
 from partkd.data.noise import NoiseProfile, apply_noise, get_noise_profile
 from partkd.data.schema import Sample
-from partkd.data.shards import iter_samples, load_info, shard_paths
+from partkd.data.shards import iter_samples, load_info, shard_dataset
 from partkd.data.splits import allocate
 from partkd.data.synth import FOCAL_PX, IMAGE_SIZE, project_pinhole, rest_bone
 from partkd.data.transforms import sample_rng
@@ -183,7 +182,7 @@ def hq_keep_set(path: str | os.PathLike, paired_fraction: float, seed: int) -> s
     Each class keeps ``floor(paired_fraction * n_c)`` of its samples, and the classes with the largest remainders
     one more, until the total is reached (ties drawn with ``seed``); which samples of a class, is drawn too.
     """
-    table = pads.dataset([str(p) for p in shard_paths(path)], format="parquet").to_table(
+    table = shard_dataset(path).to_table(
         columns=["sample_id", "label", "hq_shape"])
     has_hq = np.asarray(table.column("hq_shape").is_valid().to_numpy(zero_copy_only=False), dtype=bool)
     ids = np.array(table.column("sample_id").to_pylist(), dtype=object)[has_hq]

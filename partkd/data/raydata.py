@@ -32,7 +32,7 @@ def read_shards(path: str | os.PathLike, *, filter=None, **read_args):
     import ray.data
 
     info = load_info(path)
-    files = [str(f) for f in shard_paths(path)]
+    files = shard_paths(path)
     for file in files:
         open_shard(file, info)
     # Ray Data's default Parquet reader (DataSourceV2) reads every footer again, through a pool of up to 32 actors

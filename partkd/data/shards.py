@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from partkd import storage
 from partkd.data.protocols import applicable_protocols
 from partkd.data.schema import (
     ID_COLUMNS,
@@ -252,11 +253,11 @@ def summarize(*, name: str, class_names: list[str], metadata: dict, shards: list
 
 def load_info(path: str | os.PathLike) -> dict:
     """``dataset.json`` of a dataset directory."""
-    file = Path(path) / INFO_FILE
-    if not file.exists():
-        raise ShardError(str(file), "missing: not a partkd dataset directory (expected dataset.json and shards)")
+    file = storage.join(path, INFO_FILE)
+    if not storage.exists(file):
+        raise ShardError(file, "missing: not a partkd dataset directory (expected dataset.json and shards)")
     try:
-        info = json.loads(file.read_text())
+        info = json.loads(storage.read_text(file))
     except json.JSONDecodeError as err:
         raise ShardError(str(file), f"is not valid JSON ({err})") from None
     if info.get("schema_version") != SCHEMA_VERSION:
@@ -265,12 +266,19 @@ def load_info(path: str | os.PathLike) -> dict:
     return info
 
 
-def shard_paths(path: str | os.PathLike) -> list[Path]:
-    """The shard files of a dataset directory (as listed in dataset.json), or ``[path]`` for one shard file."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    return [path / s["file"] for s in load_info(path)["shards"]]
+def shard_paths(path: str | os.PathLike) -> list[str]:
+    """The shard files of a dataset directory (as listed in dataset.json), or ``[path]`` for one shard file (local
+    paths or URIs, as ``path`` is)."""
+    if storage.is_file(path):
+        return [str(path)]
+    return [storage.join(path, s["file"]) for s in load_info(path)["shards"]]
+
+
+def shard_dataset(path: str | os.PathLike) -> pads.Dataset:
+    """The shards of dataset ``path`` as one ``pyarrow.dataset`` (for reading a few columns of every row)."""
+    files = shard_paths(path)
+    fs = storage.resolve(files[0])[0] if files else None
+    return pads.dataset([storage.resolve(f)[1] for f in files], format="parquet", filesystem=fs)
 
 
 def open_shard(path: str | os.PathLike, expected: dict | None = None) -> tuple[pq.ParquetFile, dict]:
@@ -280,7 +288,8 @@ def open_shard(path: str | os.PathLike, expected: dict | None = None) -> tuple[p
     """
     name = str(path)
     try:
-        file = pq.ParquetFile(path)
+        fs, located = storage.resolve(path)
+        file = pq.ParquetFile(located, filesystem=fs)
     except (OSError, pa.ArrowException) as err:
         raise ShardError(name, f"cannot be read as Parquet ({err}); the file may be truncated or corrupt") from None
     schema = file.schema_arrow
@@ -359,12 +368,13 @@ def iter_batches(
     path: str | os.PathLike, *, filter: pc.Expression | None = None, batch_size: int = 256
 ) -> Iterator[tuple[pa.RecordBatch, dict, str]]:
     """Yield ``(record batch, shard metadata, shard file)`` over a dataset directory or one shard file."""
-    path = Path(path)
-    expected = load_info(path) if path.is_dir() else None
+    expected = load_info(path) if storage.is_dir(path) else None
     for shard in shard_paths(path):
         _, metadata = open_shard(shard, expected)
+        fs, located = storage.resolve(shard)
         # pyarrow.dataset pushes the filter down to row-group statistics
-        for batch in pads.dataset(shard, format="parquet").to_batches(filter=filter, batch_size=batch_size):
+        for batch in pads.dataset(located, format="parquet", filesystem=fs).to_batches(filter=filter,
+                                                                                       batch_size=batch_size):
             if batch.num_rows:
                 yield batch, metadata, str(shard)
 

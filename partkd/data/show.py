@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from partkd.data.schema import SIDES, Sample
-from partkd.data.shards import iter_samples, load_info, shard_paths
+from partkd.data.shards import iter_samples, load_info, shard_dataset
 from partkd.layouts import Layout, get_layout
 
 PERSON_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown")
@@ -36,7 +35,7 @@ def find_sample(path: str | os.PathLike, sample_id: str) -> tuple[Sample, dict]:
     info = load_info(path)
     for sample in iter_samples(path, filter=pc.field("sample_id") == sample_id):
         return sample, info
-    ids = pads.dataset([str(p) for p in shard_paths(path)], format="parquet").to_table(
+    ids = shard_dataset(path).to_table(
         columns=["sample_id"]).column("sample_id").to_pylist()
     close = difflib.get_close_matches(sample_id, ids, n=5)
     hint = f"; close: {', '.join(close)}" if close else f"; e.g. {', '.join(ids[:5])}"

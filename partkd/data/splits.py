@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.dataset as pads
 
 from partkd.data.protocols import (
     MSR_XSUB_TRAIN_SUBJECTS,
@@ -33,7 +32,7 @@ from partkd.data.protocols import (
     split_filter,
     split_ray_filter,
 )
-from partkd.data.shards import shard_paths
+from partkd.data.shards import shard_dataset
 
 __all__ = [
     "MSR_XSUB_TRAIN_SUBJECTS", "NTU120_XSUB_TRAIN_SUBJECTS", "NTU_XSUB_TRAIN_SUBJECTS", "PROTOCOLS",
@@ -93,7 +92,7 @@ class WithValidation(Selection):
 def read_split_columns(path) -> dict[str, np.ndarray]:
     """``sample_id``, ``label``, the id columns and ``split`` of a dataset directory, as arrays (None for null)."""
     columns = ["sample_id", "label", "subject", "camera", "setup", "replication", "split"]
-    table = pads.dataset([str(p) for p in shard_paths(path)], format="parquet").to_table(columns=columns)
+    table = shard_dataset(path).to_table(columns=columns)
     return {name: np.array(table.column(name).to_pylist(), dtype=object) for name in columns}
 
 

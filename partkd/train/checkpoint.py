@@ -2,12 +2,14 @@
 
 ``model.pt`` (the model's state dict), ``train_state.pt`` (optimiser, scheduler, epoch; absent in a final one) and
 ``meta.json`` (a :class:`CheckpointMeta`: the model's spec, the side it reads, its job's data settings and all its
-settings). Everything loads with ``torch.load(..., weights_only=True)``: a checkpoint cannot run code.
+settings). A checkpoint may lie in a local folder or an object store (:mod:`partkd.storage`). Everything loads
+with ``torch.load(..., weights_only=True)``: a checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from partkd import storage
 from partkd.models import IN_CHANNELS, Student, create_model
 from partkd.train.config import DataConfig, ModelConfig, build_settings
 
@@ -98,22 +101,28 @@ def save_checkpoint(directory: Path, model: nn.Module, meta: CheckpointMeta, opt
     return directory
 
 
-def write_meta(directory: Path, meta: CheckpointMeta) -> None:
-    (Path(directory) / "meta.json").write_text(json.dumps(meta.to_json(), indent=2))
+def write_meta(directory: str | Path, meta: CheckpointMeta) -> None:
+    storage.write_text(storage.join(directory, "meta.json"), json.dumps(meta.to_json(), indent=2))
 
 
 def load_meta(directory: str | Path) -> CheckpointMeta:
-    file = Path(directory) / "meta.json"
-    if not file.exists():
+    """The description of checkpoint ``directory`` (a local folder or an object-store location)."""
+    file = storage.join(directory, "meta.json")
+    if not storage.exists(file):
         raise FileNotFoundError(f"{directory} is not a partkd checkpoint (no meta.json)")
-    return CheckpointMeta.from_json(json.loads(file.read_text()), str(file))
+    return CheckpointMeta.from_json(json.loads(storage.read_text(file)), file)
+
+
+def _load_tensors(directory: str | Path, name: str) -> dict:
+    return torch.load(io.BytesIO(storage.read_bytes(storage.join(directory, name))), map_location="cpu",
+                      weights_only=True)
 
 
 def load_model(directory: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """Model and meta of a checkpoint directory, in eval mode on ``device``."""
     meta = load_meta(directory)
     model = meta.model.build()
-    model.load_state_dict(torch.load(Path(directory) / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(_load_tensors(directory, "model.pt"))
     return model.to(device).eval(), meta
 
 
@@ -128,8 +137,8 @@ def load_frozen_teacher(directory: str | Path, device: torch.device | str) -> tu
 
 def restore_train_state(directory: str | Path, model: nn.Module, optimizer, scheduler) -> int:
     """Load model, optimiser and scheduler from a checkpoint; returns the epoch to start from."""
-    unwrap(model).load_state_dict(torch.load(Path(directory) / "model.pt", map_location="cpu", weights_only=True))
-    state = torch.load(Path(directory) / "train_state.pt", map_location="cpu", weights_only=True)
+    unwrap(model).load_state_dict(_load_tensors(directory, "model.pt"))
+    state = _load_tensors(directory, "train_state.pt")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return int(state["epoch"]) + 1

@@ -9,14 +9,15 @@ entries of the whole bank.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from partkd import storage
 from partkd.layouts import Layout, get_grouping, get_layout
 from partkd.models import ModelOutput, model_input
 from partkd.train.checkpoint import load_frozen_teacher
@@ -99,8 +100,10 @@ class Distiller:
         self.grouping = get_grouping(job.loss.grouping)
         self.teacher, teacher_meta = load_frozen_teacher(job.teacher_checkpoint, session.device)
         self.teacher_layout = get_layout(teacher_meta.model.layout)
-        self.part_matrix = (torch.from_numpy(np.load(Path(job.part_matrix))).float().to(session.device)
-                            if self.objective.needs_part_matrix else None)
+        self.part_matrix = None
+        if self.objective.needs_part_matrix:  # E: a .npy file, local or in an object store
+            matrix = np.load(io.BytesIO(storage.read_bytes(job.part_matrix)))
+            self.part_matrix = torch.from_numpy(matrix).float().to(session.device)
         self.bank = self._build_bank() if job.loss.hq_source == "bank" else None
 
     def _teacher_repr(self, x: Tensor, score: Tensor) -> Tensor:

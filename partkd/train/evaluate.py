@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from partkd import storage
 from partkd.data.raydata import SideTransform
 from partkd.data.shards import load_info
 from partkd.data.splits import Protocol, WithValidation, get_protocol
@@ -111,7 +112,7 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
 
 def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | None = None, grouping: str = "paper5",
                             *legacy_args, temperature: float = 1.0, device: str = "cpu", batch_size: int = 32,
-                            overwrite: bool = False, **legacy_kwargs) -> Path:
+                            overwrite: bool = False, **legacy_kwargs) -> str:
     """E for (teacher, grouping) from the HQ training rows of ``data`` (default: the data the teacher was trained
     on), cached beside the checkpoint as .npy + heatmap PNG.
 
@@ -125,8 +126,8 @@ def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | N
     data = data or load_meta(teacher_checkpoint).data
     splits = data.splits()
     name = f"part_matrix_{grouping}_t{temperature:g}_{splits.name}_T{data.frames}_M{data.persons}.npy"
-    target = Path(teacher_checkpoint) / name
-    if target.exists() and not overwrite:
+    target = storage.join(teacher_checkpoint, name)
+    if storage.exists(target) and not overwrite:
         return target
     teacher, meta = load_frozen_teacher(teacher_checkpoint, torch.device(device))
     layout = get_layout(meta.model.layout)
@@ -138,5 +139,6 @@ def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | N
     grouping_obj = get_grouping(grouping)
     matrix = compute_part_matrix(teacher, batches, grouping_obj, layout, meta.model.num_classes, temperature,
                                  torch.device(device))
-    npy, _ = save_part_matrix(matrix, target, load_info(data.path)["class_names"], list(grouping_obj.part_names))
-    return Path(npy)
+    with storage.staged(teacher_checkpoint) as folder:
+        save_part_matrix(matrix, folder / name, load_info(data.path)["class_names"], list(grouping_obj.part_names))
+    return target

@@ -6,7 +6,9 @@ with DDP over ``train.num_workers`` workers: ``read_shards`` (split filter pushe
 ``map_batches(SideTransform)`` -> ``get_dataset_shard`` -> ``iter_torch_batches`` in the loop. ``backend="local"``
 runs the same loop in this process without Ray (debugging, fast tests). The run named ``train.name`` under
 ``train.storage_path`` keeps its last two epochs' checkpoints; starting the same job again resumes it, and a job of the
-same name with other settings is refused. The final checkpoint is copied to ``<storage>/<name>/final``.
+same name with other settings is refused. The final checkpoint is copied to ``<storage>/<name>/final``. The dataset,
+the storage and the checkpoints read may be local folders or object-store locations (``s3://bucket/prefix``,
+:mod:`partkd.storage`).
 """
 
 from __future__ import annotations
@@ -14,12 +16,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-from partkd import tracking
+from partkd import storage, tracking
 from partkd.data.raydata import SideTransform
 from partkd.data.schema import ShardError
 from partkd.data.shards import load_info
@@ -34,7 +34,7 @@ BACKENDS = ("ray", "local")
 
 @dataclass
 class JobResult:
-    checkpoint: Path  # the final checkpoint directory
+    checkpoint: str  # the final checkpoint directory (a local path or a URI, as train.storage_path is)
     metrics: dict  # the last epoch's metrics
     run_id: str  # MLflow run
 
@@ -92,7 +92,7 @@ def ensure_ray() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def _fit_ray(job: JobConfig, meta: CheckpointMeta, datasets: dict, callbacks: list, final: Path) -> dict:
+def _fit_ray(job: JobConfig, meta: CheckpointMeta, datasets: dict, callbacks: list, final: str) -> dict:
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -116,15 +116,15 @@ def _fit_ray(job: JobConfig, meta: CheckpointMeta, datasets: dict, callbacks: li
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as directory:
-        _copy_final(Path(directory), final)
+        storage.copy_tree(directory, final)
     return result.metrics
 
 
-def _fit_local(job: JobConfig, meta: CheckpointMeta, inputs: JobInputs, final: Path) -> dict:
+def _fit_local(job: JobConfig, meta: CheckpointMeta, inputs: JobInputs, final: str) -> dict:
     """The loop in this process; a failed attempt is started again from its last checkpoint, ``train.max_failures``
     times, as Ray Train's ``FailureConfig`` does."""
     for attempt in range(job.train.max_failures + 1):
-        session = LocalSession(job, inputs, Path(job.train.storage_path) / job.train.name)
+        session = LocalSession(job, inputs, storage.join(job.train.storage_path, job.train.name))
         try:
             fit(job, meta, session)
             break
@@ -134,13 +134,8 @@ def _fit_local(job: JobConfig, meta: CheckpointMeta, inputs: JobInputs, final: P
             if attempt == job.train.max_failures:
                 raise
     with session.restored() as directory:
-        _copy_final(directory, final)
+        storage.copy_tree(directory, final)
     return session.last_metrics or load_meta(final).metrics
-
-
-def _copy_final(directory: Path, final: Path) -> None:
-    shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(directory, final)
 
 
 # Settings a resumed job may change: how long it runs, how it is run and tracked; anything else changes the model.
@@ -151,11 +146,12 @@ RESUMABLE_CHANGES = ("data.cache", "train.epochs", "train.num_workers", "train.u
 
 def _check_resumable(job: JobConfig) -> None:
     """Refuse to resume run ``train.name`` from checkpoints made with other settings (a job resumes by name)."""
-    folder = Path(job.train.storage_path) / job.train.name
-    saved = sorted(folder.glob(f"{CHECKPOINT_GLOB}/meta.json"))
+    folder = storage.join(job.train.storage_path, job.train.name)
+    saved = [meta for checkpoint in storage.listdir(folder, CHECKPOINT_GLOB)
+             if storage.exists(meta := storage.join(checkpoint, "meta.json"))]
     if not saved:
         return
-    before = json.loads(saved[-1].read_text()).get("job", {})
+    before = json.loads(storage.read_text(saved[-1])).get("job", {})
     now = json.loads(json.dumps(job.flat()))  # as saved: tuples become lists
     changed = [k for k in sorted(set(before) | set(now)) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)]
     if changed:
@@ -164,15 +160,17 @@ def _check_resumable(job: JobConfig) -> None:
                          "give this job another train.name (or delete that folder to start over)")
 
 
-def _absolute(path: str) -> str:
-    return str(Path(path).resolve()) if path else path
-
-
 def absolute_paths(job: JobConfig) -> JobConfig:
-    """Workers run in their own directories: every path they read is made absolute on the driver."""
-    return replace(job, teacher_checkpoint=_absolute(job.teacher_checkpoint), part_matrix=_absolute(job.part_matrix),
-                   data=replace(job.data, path=_absolute(job.data.path)),
-                   train=replace(job.train, storage_path=_absolute(job.train.storage_path)))
+    """Workers run in their own directories: every local path they read is made absolute on the driver. An
+    object-store location is checked here, before any work: credentials and bucket."""
+    job = replace(job, teacher_checkpoint=storage.absolute(job.teacher_checkpoint),
+                  part_matrix=storage.absolute(job.part_matrix),
+                  data=replace(job.data, path=storage.absolute(job.data.path)),
+                  train=replace(job.train, storage_path=storage.absolute(job.train.storage_path)))
+    for what, location in (("data.path", job.data.path), ("train.storage_path", job.train.storage_path),
+                           ("teacher_checkpoint", job.teacher_checkpoint), ("part_matrix", job.part_matrix)):
+        storage.check_reachable(location, what)
+    return job
 
 
 def _run(job: JobConfig, model: ModelSpec, side: str, inputs: JobInputs, info: dict, tags: dict,
@@ -182,17 +180,20 @@ def _run(job: JobConfig, model: ModelSpec, side: str, inputs: JobInputs, info: d
     A job started again under its name with the same settings continues its unfinished MLflow run (as its Train run
     resumes)."""
     check_backend(backend)
+    if backend == "local" and storage.is_remote(job.train.storage_path):
+        raise ValueError(f"train.storage_path = {job.train.storage_path}: the local backend keeps its checkpoints in "
+                         "a local folder; use the ray backend for an object store")
     kind = "teacher" if side == "hq" else "student"
     uri = job.tracking_uri or tracking.tracking_uri()
     role = kind if side == "hq" else f"student-{job.loss.objective}"
     name = job.train.name or f"{role}-{info['name']}-seed{job.train.seed}"
     job = replace(job, tracking_uri=uri, train=replace(job.train, name=name))
     _check_resumable(job)
-    final = Path(job.train.storage_path) / name / "final"
+    final = storage.join(job.train.storage_path, name, "final")
     with tracking.run(uri, f"partkd/{info['name']}", name, job.flat(),
                       {"kind": kind, "dataset_fingerprint": info["fingerprint"], **tags},
                       parent_run_id=job.parent_run_id or None, resume_unfinished=True,
-                      may_differ=RESUMABLE_CHANGES) as run_id:
+                      may_differ=RESUMABLE_CHANGES, dataset=(info, job.data.path)) as run_id:
         job = replace(job, mlflow_run_id=run_id)
         meta = CheckpointMeta(model, side, job.data, job.flat())
         try:
@@ -209,7 +210,8 @@ def _run(job: JobConfig, model: ModelSpec, side: str, inputs: JobInputs, info: d
                 raise JobDataError(f"job {name} stopped on bad data: {bad_data}") from err
             raise
         write_meta(final, replace(load_meta(final), mlflow_run_id=run_id))
-        tracking.log_artifacts(uri, run_id, final, "checkpoint")
+        with storage.local_copy(final) as local:
+            tracking.log_artifacts(uri, run_id, local, "checkpoint")
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     return JobResult(final, metrics, run_id)
 
@@ -256,7 +258,8 @@ def train_student(job: JobConfig, say: Callable[[str], None] = print, tags: dict
     result = _run(job, model, "lq", inputs, info, tags, say, list(callbacks), backend)
     if objective.needs_part_matrix:  # E beside the student it shaped
         uri = job.tracking_uri or tracking.tracking_uri()
-        for file in (Path(job.part_matrix), Path(job.part_matrix).with_suffix(".png")):
-            if file.exists():
-                tracking.log_artifacts(uri, result.run_id, file, "part_matrix")
+        for file in (job.part_matrix, job.part_matrix.removesuffix(".npy") + ".png"):
+            if storage.exists(file):
+                with storage.local_copy(file) as local:
+                    tracking.log_artifacts(uri, result.run_id, local, "part_matrix")
     return result

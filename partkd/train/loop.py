@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -21,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from partkd import storage
 from partkd.layouts import Layout, get_layout
 from partkd.models import model_input
 from partkd.train.checkpoint import CheckpointMeta, restore_train_state, save_checkpoint, unwrap
@@ -182,10 +182,9 @@ def inject_failure(job: JobConfig, session: WorkerSession, epoch: int) -> None:
     folder says it did), so the restarted job goes on."""
     if epoch != job.train.fail_at_epoch or session.rank != session.world_size - 1:
         return
-    marker = Path(job.train.storage_path) / job.train.name / "injected_failure"
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"epoch {epoch}\n")
+    marker = storage.join(job.train.storage_path, job.train.name, "injected_failure")
+    if not storage.exists(marker):
+        storage.write_text(marker, f"epoch {epoch}\n")
         raise InjectedFailure(f"fail_at_epoch={epoch}: injected worker failure (testing fault tolerance)")
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from partkd import tracking
+from partkd import storage, tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import SynthConfig
 from partkd.train.config import JobConfig, load_config
@@ -53,8 +53,8 @@ class PipelineResult:
     markdown: str
     csv: str
     run_id: str
-    checkpoints: dict[str, Path]
-    part_matrix: Path
+    checkpoints: dict[str, str]  # local paths or URIs, as train.storage_path is
+    part_matrix: str
 
 
 def run_pipeline(job: JobConfig, say: Callable[[str], None] = print, objectives: tuple[str, ...] = ("ce", "pmsc"),
@@ -69,7 +69,7 @@ def run_pipeline(job: JobConfig, say: Callable[[str], None] = print, objectives:
     name = job.train.name or f"pipeline-{info['name']}-seed{job.train.seed}"
     with tracking.run(uri, f"partkd/{info['name']}", name, job.flat(),
                       {"kind": "pipeline", "dataset_fingerprint": info["fingerprint"]},
-                      parent_run_id=job.parent_run_id or None) as parent:
+                      parent_run_id=job.parent_run_id or None, dataset=(info, job.data.path)) as parent:
         job = replace(job, tracking_uri=uri, parent_run_id=parent)
         result = _stages(job, info, name, say, objectives, backend)
         tracking.log_texts(uri, parent, {"results/results.md": result.markdown, "results/results.csv": result.csv})
@@ -87,13 +87,14 @@ def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, .
 
     say(f"[2/{stages}] part matrix E ({job.loss.grouping}) from teacher occlusion tests")
     part_matrix = part_matrix_for_teacher(teacher.checkpoint, job.data, job.loss.grouping)
-    for file in (part_matrix, part_matrix.with_suffix(".png")):
-        tracking.log_artifacts(job.tracking_uri, job.parent_run_id, file, "part_matrix")
+    for file in (part_matrix, part_matrix.removesuffix(".npy") + ".png"):
+        with storage.local_copy(file) as local:
+            tracking.log_artifacts(job.tracking_uri, job.parent_run_id, local, "part_matrix")
 
     students: dict[str, JobResult] = {}
     for step, objective in enumerate(map(get_objective, objectives), start=3):
         say(f"[{step}/{stages}] {objective.label.lower()}: ST-GCN on LQ {info['lq_layout']}, loss {objective.name}")
-        student_job = replace(job, teacher_checkpoint=str(teacher.checkpoint), part_matrix=str(part_matrix),
+        student_job = replace(job, teacher_checkpoint=teacher.checkpoint, part_matrix=part_matrix,
                               loss=replace(job.loss, objective=objective.name),
                               train=replace(job.train, name=f"{name}-student-{objective.name}"))
         students[objective.name] = train_student(student_job, say, backend=backend)
