@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.partkd-installed
+SYSTEM := $(VENV)/.system-packages
 
 .PHONY: demo test bench lint clean
 
 demo: $(STAMP)
 	$(BIN)/partkd demo
 
-test: $(STAMP)
+test: $(STAMP) $(SYSTEM)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
@@ -25,6 +26,11 @@ $(STAMP): pyproject.toml scripts/install-torch.sh
 	scripts/install-torch.sh $(VENV)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+# PostgreSQL, Chromium and kubectl for the tests (apt-get as root; otherwise it says what is missing)
+$(SYSTEM): scripts/install-system-packages.sh | $(STAMP)
+	scripts/install-system-packages.sh
+	touch $(SYSTEM)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -23,15 +23,37 @@ done
 [[ "${1:-}" == "--" ]] && shift
 
 cd "$(dirname "$0")/.."
-env_vars="{}"
-if [[ -n "${MLFLOW_TRACKING_URI:-}" ]]; then
-  env_vars="{\"MLFLOW_TRACKING_URI\": \"${MLFLOW_TRACKING_URI}\"}"
-fi
-runtime_env=$(cat <<JSON
-{"excludes": ["/data/", "/.venv/", "/runs/", "/mlruns/", "/mlartifacts/", "/mlflow.db", "/demo-data/", "/.whl/",
-              "/.git/", "__pycache__/", ".pytest_cache/", ".ruff_cache/", "*.egg-info/"],
- "env_vars": ${env_vars}}
-JSON
-)
-exec ray job submit --address "$address" "${wait_flag[@]}" --working-dir . --runtime-env-json "$runtime_env" \
+ray_cli=$(command -v ray) || { echo "submit.sh: the ray command is not on PATH (activate partkd's environment: . .venv/bin/activate)" >&2; exit 2; }
+python=$(dirname "$ray_cli")/python
+[[ -x "$python" ]] || python=python3
+
+# Before uploading anything: the job server answers at $address and accepts this token (one line if not). Then the
+# runtime environment, as JSON written by json.dumps (a tracking URI may hold any character).
+runtime_env=$("$python" - "$address" <<'PY'
+import json, os, sys, urllib.error, urllib.request
+from pathlib import Path
+
+address = sys.argv[1].rstrip("/")
+file = Path.home() / ".ray" / "auth_token"
+token = os.environ.get("RAY_AUTH_TOKEN") or (file.read_text().strip() if file.exists() else "")
+request = urllib.request.Request(f"{address}/api/jobs/", headers={"Authorization": f"Bearer {token}"} if token else {})
+try:
+    urllib.request.urlopen(request, timeout=10).close()
+except urllib.error.HTTPError as err:
+    if err.code in (401, 403):
+        sys.exit(f"submit.sh: the Ray cluster at {address} refused the token {'given' if token else '(none given)'}: "
+                 "set RAY_AUTH_TOKEN or ~/.ray/auth_token (on KubeRay: kubectl get secret partkd-ray-token "
+                 "-o jsonpath='{.data.auth_token}' | base64 -d)")
+    sys.exit(f"submit.sh: {address} is not a Ray job server (HTTP {err.code} from /api/jobs/)")
+except (urllib.error.URLError, OSError) as err:
+    reason = getattr(err, "reason", err)
+    sys.exit(f"submit.sh: no Ray job server answers at {address} ({reason}); is the cluster up, and the dashboard port "
+             "forwarded (kubectl port-forward svc/partkd-head-svc 8265:8265)?")
+excludes = ["/data/", "/.venv/", "/runs/", "/mlruns/", "/mlartifacts/", "/mlflow.db", "/demo-data/", "/.whl/", "/.git/",
+            "__pycache__/", ".pytest_cache/", ".ruff_cache/", "*.egg-info/"]
+env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI",) if os.environ.get(k)}
+print(json.dumps({"excludes": excludes, "env_vars": env}))
+PY
+) || exit 2
+exec "$ray_cli" job submit --address "$address" "${wait_flag[@]}" --working-dir . --runtime-env-json "$runtime_env" \
   -- python -m tuning.study "$@"

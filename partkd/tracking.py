@@ -13,6 +13,7 @@ import os
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,6 +59,25 @@ def experiment_id(uri: str, name: str) -> str:
         if experiment.tags.get(key) != value:
             client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
+
+
+def experiment_url(uri: str, experiment_id: str, run_id: str = "") -> str | None:
+    """The MLflow UI's page of an experiment (or of one of its runs) on tracking server ``uri``, in its model-training
+    view; None for a local store (``mlflow ui`` serves it). MLflow 3.17's UI opens the view its sidebar switch last
+    showed in that browser (GenAI by default), whatever the experiment's kind: the link asks for the training view."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}{f'/runs/{run_id}' if run_id else ''}" \
+           "?workflowType=machine_learning"
+
+
+def compare_url(uri: str, experiment_id: str, run_ids: list[str]) -> str | None:
+    """The MLflow UI's comparison of runs ``run_ids`` (their params side by side, parallel coordinates); None for a
+    local store."""
+    if not uri.startswith(("http://", "https://")) or not run_ids:
+        return None
+    runs = urllib.parse.quote(json.dumps(run_ids, separators=(",", ":")))
+    return f"{uri.rstrip('/')}/#/compare-runs?runs={runs}&experiments={urllib.parse.quote(json.dumps([experiment_id]))}"
 
 
 def log_dataset(uri: str, run_id: str, info: dict, location: str, context: str = "training") -> None:
@@ -109,7 +129,11 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
         if run_id and all(logged.get(k) == str(v)[:6000] for k, v in params.items() if k not in may_differ):
             client.update_run(run_id, "RUNNING")
             return run_id
-    all_tags = {"git_commit": git_commit(), **{k: str(v) for k, v in tags.items()}}
+    commit = git_commit()
+    # the runs table's Source column: which partkd entry point, at which commit
+    all_tags = {"git_commit": commit, "mlflow.source.git.commit": commit, "mlflow.source.type": "JOB",
+                "mlflow.source.name": f"partkd {tags['kind']}" if "kind" in tags else "partkd",
+                **{k: str(v) for k, v in tags.items()}}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id(uri, experiment), run_name=run_name, tags=all_tags)

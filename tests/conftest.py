@@ -1,8 +1,10 @@
 """Shared fixtures: small synthetic datasets written through the real writer into real Parquet files, one local Ray,
 and the one dataset every training test shares."""
 
+import glob
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -10,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,15 +176,18 @@ def pytest_collection_modifyitems(config, items):
     the session's cluster after it (the order within each group is kept). When some do, the cluster starts now, in the
     background: its nodes come up while the tests that need no Ray run."""
     items.sort(key=lambda item: "ray_session" in getattr(item, "fixturenames", ()))
-    if not config.option.collectonly and any({"ray_session", "ray_cluster"} & set(getattr(item, "fixturenames", ()))
-                                             for item in items):
+    needed = set().union(*(getattr(item, "fixturenames", ()) for item in items)) if items else set()
+    if not config.option.collectonly and {"ray_session", "ray_cluster"} & needed:
         config.stash[STARTING] = StartingCluster()
+    if not config.option.collectonly and "tracking_server" in needed:
+        config.stash[TRACKING] = StartingTracking()
 
 
 def pytest_sessionfinish(session):
-    starting = session.config.stash.get(STARTING, None)
-    if starting is not None:  # stopped here if no test got as far as the cluster (-x, a keyboard interrupt)
-        starting.stop()
+    for key in (STARTING, TRACKING):  # stopped here if no test got as far as them (-x, a keyboard interrupt)
+        starting = session.config.stash.get(key, None)
+        if starting is not None:
+            starting.stop()
 
 
 @pytest.fixture(scope="session")
@@ -253,6 +259,115 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float
         except OSError:
             time.sleep(0.2)
     pytest.fail(f"{url} did not answer in {seconds:.0f} s: {log.read_text()[-2000:]}")
+
+
+class Postgres:
+    """An unprivileged PostgreSQL instance of Debian's package on loopback, its data in a temporary folder: run as
+    the ``postgres`` user when the tests run as root (CI), as the tests' user otherwise."""
+
+    def __init__(self):
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql as root)")
+        self.bin, self.port = Path(found[-1]).parent, free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="partkd-pg", dir="/tmp"))
+        self.as_user = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.folder, user.pw_uid, user.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", f"{self.folder}/data", "-U", "mlflow", "--auth=trust", "-E", "UTF8")
+        self._run("pg_ctl", "-D", f"{self.folder}/data", "-l", f"{self.folder}/server.log", "-w", "-o",
+                  f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder}", "start")
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", "mlflow")
+        self.uri = f"postgresql+psycopg://mlflow@127.0.0.1:{self.port}/mlflow"
+
+    def _run(self, program: str, *args: str) -> None:
+        done = subprocess.run([*self.as_user, str(self.bin / program), *args], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{program}: {done.stdout[-1000:]} {done.stderr[-1000:]}")
+
+    def query(self, sql: str, *params) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.uri.replace("+psycopg", "")) as connection:
+            return connection.execute(sql, params).fetchall()
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", f"{self.folder}/data", "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+TRACKING_BUCKET = "partkd-tracking"  # the tracking server's artifact store
+
+
+@dataclass(frozen=True)
+class TrackingServer:
+    uri: str  # http://127.0.0.1:PORT, as its clients name it
+    database: Postgres
+    artifacts: str  # s3://...
+
+
+class StartingTracking:
+    """PostgreSQL and ``mlflow server`` on it, as a KubeRay install runs them (cluster/k8s/base/mlflow.yaml): artifacts
+    proxied to the S3 server, only the names its clients use allowed, no GenAI job runner. Launched in a thread at
+    collection, like the cluster, so they come up while the tests without them run."""
+
+    def __init__(self):
+        self.port, self.log = free_port(), Path(tempfile.mkdtemp(prefix="partkd-mlflow-")) / "server.log"
+        self.artifacts = f"s3://{TRACKING_BUCKET}/mlflow"
+        self.database, self.server, self.error = None, None, None
+        self.thread = threading.Thread(target=self._launch, daemon=True)
+        self.thread.start()
+
+    def _launch(self) -> None:
+        try:
+            self.database = Postgres()
+            with open(self.log, "w") as out:
+                self.server = subprocess.Popen(
+                    [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", self.database.uri,
+                     "--serve-artifacts", "--artifacts-destination", self.artifacts, "--host", "127.0.0.1",
+                     "--port", str(self.port), "--workers", "1", "--allowed-hosts",
+                     f"127.0.0.1:{self.port},localhost:{self.port}"],
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                    env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        except BaseException as err:  # pytest.skip included: raised again where the fixture waits
+            self.error = err
+
+    def wait_up(self) -> TrackingServer:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        wait_for_http(f"http://127.0.0.1:{self.port}/health", self.server, self.log)
+        return TrackingServer(f"http://127.0.0.1:{self.port}", self.database, self.artifacts)
+
+    def stop(self) -> None:
+        self.thread.join()
+        if self.server is not None:
+            os.killpg(self.server.pid, signal.SIGTERM)
+            try:
+                self.server.wait(timeout=3)
+            except subprocess.TimeoutExpired:  # uvicorn waits for its clients' keep-alive connections
+                os.killpg(self.server.pid, signal.SIGKILL)
+                self.server.wait()
+        if self.database is not None:
+            self.database.stop()
+
+
+TRACKING = pytest.StashKey[StartingTracking]()
+
+
+@pytest.fixture(scope="session")
+def tracking_server(request, s3_server):
+    """The session's MLflow tracking server on PostgreSQL with its artifacts in ``s3_server``."""
+    starting = request.config.stash.get(TRACKING, None) or StartingTracking()
+    request.config.stash[TRACKING] = starting
+    s3_server.bucket(TRACKING_BUCKET)
+    try:
+        yield starting.wait_up()
+    finally:
+        starting.stop()
+        del request.config.stash[TRACKING]
 
 
 # The training tests' dataset: small enough for seconds-long jobs, with solitary samples (a quarter) and enough

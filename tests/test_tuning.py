@@ -1,32 +1,41 @@
-"""The hyperparameter study end to end: Ray Tune + Optuna + ASHA over tiny student jobs, a real MLflow SQLite store,
-submitted as a Ray job to the session's two-node cluster.
+"""The hyperparameter study end to end on the topology of a KubeRay install, on one machine: Ray Tune + Optuna + ASHA
+over tiny student jobs on a two-node Ray cluster with token authentication, an MLflow tracking server (``mlflow
+server`` with ``--allowed-hosts``) on PostgreSQL (the Debian package, an unprivileged instance on loopback) with its
+artifacts in an S3-compatible store (moto, on loopback), and the study itself (dataset, teacher, E, Ray Train
+checkpoints, Tune's state, report) in that store's bucket.
 
-One study of two trials is shared by the module. ``cluster/submit.sh`` submits it; its driver runs on the head and its
-trials train on the second node (the head has no CPU). The driver is killed (SIGKILL) as its search ends and its finish
-begins, and a second submission with ``--resume`` takes the study to the end without running a trial again. Trials run
-one at a time, so ASHA sees their results in the same order in every run (and a resumed ASHA, which starts without the
-results of the trials that ended before, is never asked to stop one). The tests read what a user reads: the MLflow runs
-and the study's report folder.
+One study of two trials is shared by the module. ``cluster/submit.sh`` submits it with ``--resume``, as a RayJob does
+on every attempt (the first starts the study); its driver runs on the head and its trials train on the second node
+(the head has no CPU). The driver is killed (SIGKILL) as its search ends and its finish begins, and a second
+submission with ``--resume`` takes the study to the end without running a trial again. Trials run one at a time, so
+ASHA sees their results in the same order in every run (and a resumed ASHA, which starts without the results of the
+trials that ended before, is never asked to stop one). The tests read what a user reads: the MLflow runs (through the
+server, and as rows of its database), the bucket's objects, and the MLflow UI in headless Chromium.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import VAL_FRACTION
+from conftest import VAL_FRACTION, free_port
 from mlflow.tracking import MlflowClient
 
-from partkd import tracking
+from partkd import storage, tracking
 from partkd.data.shards import load_info
 from partkd.train.config import TrainConfig, load_config
 from tuning.space import load_study, max_concurrent_trials, parse_space
@@ -36,13 +45,15 @@ REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 TRIALS = 2  # with this seed the second is worse than the first at the grace epoch: ASHA stops it
 SPACE = ("loss.alpha", "loss.w", "loss.tau", "loss.grouping", "train.lr")
+BUCKET = "partkd-study"
 
 # one trial at a time, its worker on half of the second node's 2 CPUs: Ray Data has a whole CPU beside it (a 2-worker
-# trial took 60-66 s here against 44; DDP students run in test_train)
+# trial took 60-66 s here against 44; DDP students run in test_train). No tracking_uri: the study's driver and trials
+# log to the MLFLOW_TRACKING_URI submit.sh passes on, as the Ray pods of a KubeRay install get it from their ConfigMap.
 STUDY_FILE = """
 [study]
 name = "{name}"
-storage = "{root}/studies"
+storage = "s3://{bucket}/studies"
 trials = {trials}
 max_concurrent = 1
 seed = 0
@@ -60,42 +71,57 @@ teacher_checkpoint = "{teacher}"
 "train.lr" = {{ log_uniform = [0.01, 5.0] }}  # the upper end diverges: a trial to stop
 
 [job]
-tracking_uri = "sqlite:///{root}/mlflow.db"
-data = {{ path = "{data}", frames = 16, persons = 1, batch_size = 8, val_fraction = {val_fraction} }}
+data = {{ path = "s3://{bucket}/data", frames = 16, persons = 1, batch_size = 8, val_fraction = {val_fraction} }}
 model = {{ base_channels = 8, stage_blocks = [1, 1], dropout = 0.1 }}
 train = {{ epochs = {epochs}, milestones = [10], num_workers = 1, cpus_per_worker = 0.5 }}
 """
 
 
-def study_file(root: Path, name: str, finish: str = "[0]", teacher: str = "") -> Path:
+def study_file(root: Path, name: str, finish: str = "[0]", teacher: str = f"s3://{BUCKET}/teacher") -> Path:
     path = root / f"{name}.toml"
-    path.write_text(STUDY_FILE.format(name=name, root=root, data=root.parent / "data", finish=finish,
-                                      teacher=teacher, epochs=EPOCHS, trials=TRIALS,
-                                      val_fraction=VAL_FRACTION))
+    path.write_text(STUDY_FILE.format(name=name, bucket=BUCKET, finish=finish, teacher=teacher, epochs=EPOCHS,
+                                      trials=TRIALS, val_fraction=VAL_FRACTION))
     return path
 
 
 @pytest.fixture(scope="module")
-def root(train_data):
-    root = train_data.parent / "tuning"  # beside the shared dataset: study files name it as ../data
-    root.mkdir()
-    return root
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("tuning")
 
 
-def client(root) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+@dataclass
+class Topology:
+    uri: str  # the tracking server, as clients name it
+    database: object  # conftest.Postgres, its backend store
+    artifacts: str  # where it keeps artifacts: s3://...
+    bucket: str  # the study's bucket: s3://...
+    s3: object  # conftest.S3Server
 
 
-def trial_runs(root, parent: str) -> list:
-    return tracking.child_runs(f"sqlite:///{root / 'mlflow.db'}", parent, "tags.`study.stage` = 'trial'")
+@pytest.fixture(scope="module")
+def topology(tracking_server, s3_server):
+    """The session's tracking server (``mlflow server`` on PostgreSQL, artifacts in the S3 server) and a bucket for
+    the study."""
+    return Topology(tracking_server.uri, tracking_server.database, tracking_server.artifacts, s3_server.bucket(BUCKET),
+                    s3_server)
 
 
-def submit(cluster, config: Path, log: Path, *study_args: str) -> subprocess.Popen:
-    """``cluster/submit.sh`` as a user runs it, against the session's cluster; its output in ``log``."""
+def client(topology) -> MlflowClient:
+    return MlflowClient(tracking_uri=topology.uri)
+
+
+def trial_runs(topology, parent: str) -> list:
+    return tracking.child_runs(topology.uri, parent, "tags.`study.stage` = 'trial'")
+
+
+def submit(cluster, topology, config: Path, log: Path, *study_args: str) -> subprocess.Popen:
+    """``cluster/submit.sh`` as a user runs it, against the session's cluster, MLFLOW_TRACKING_URI set; its output in
+    ``log``."""
     with open(log, "w") as out:
         return subprocess.Popen([str(REPO / "cluster" / "submit.sh"), "--address", cluster.dashboard, "--",
-                                 "--config", str(config), *study_args], cwd=REPO, env=cluster.env, stdout=out,
-                                stderr=subprocess.STDOUT, text=True)
+                                 "--config", str(config), *study_args], cwd=REPO, stdout=out,
+                                env={**cluster.env, "MLFLOW_TRACKING_URI": topology.uri}, stderr=subprocess.STDOUT,
+                                text=True)
 
 
 def study_drivers(config: Path) -> list[int]:
@@ -112,20 +138,23 @@ def study_drivers(config: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def killed(root, ray_cluster, ray_teacher):
-    """The study's first submission, its driver killed (SIGKILL) as soon as the search has ended (every trial ended,
-    the search's report written) and its finish has begun, or is about to: the parent run id and each trial's
-    state."""
-    config = study_file(root, "tiny", teacher=str(ray_teacher.checkpoint))
-    job = submit(ray_cluster, config, root / "submit-1.log")
-    uri, experiment = f"sqlite:///{root / 'mlflow.db'}", f"partkd/{load_info(root.parent / 'data')['name']}"
+def killed(root, topology, ray_cluster, ray_teacher, train_data):
+    """The study's first submission (with --resume, on a study that does not exist yet), its driver killed (SIGKILL)
+    as soon as the search has ended (every trial ended, the search's report written) and its finish has begun, or is
+    about to: the parent run id and each trial's state."""
+    storage.copy_tree(str(train_data), f"{topology.bucket}/data")
+    storage.copy_tree(ray_teacher.checkpoint, f"{topology.bucket}/teacher")
+    config = study_file(root, "tiny")
+    job = submit(ray_cluster, topology, config, root / "submit-1.log", "--resume")
+    experiment = f"partkd/{load_info(train_data)['name']}"
+    report = f"{topology.bucket}/studies/tiny/report/best_config.json"
     parent, done = None, []
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and job.poll() is None:
-            parent = parent or tracking.unfinished_run(uri, experiment, "study-tiny")
-            done = [r for r in trial_runs(root, parent) if "state" in r.data.tags] if parent else []
-            if len(done) >= TRIALS and (root / "studies" / "tiny" / "report" / "best_config.json").exists():
+            parent = parent or tracking.unfinished_run(topology.uri, experiment, "study-tiny")
+            done = [r for r in trial_runs(topology, parent) if "state" in r.data.tags] if parent else []
+            if len(done) >= TRIALS and storage.exists(report):
                 break
             time.sleep(0.5)
     finally:
@@ -140,10 +169,11 @@ def killed(root, ray_cluster, ray_teacher):
 
 @dataclass
 class Study:
-    """A finished study as its user sees it: the MLflow parent and the report folder."""
+    """A finished study as its user sees it: the MLflow parent and the report folder in the bucket."""
 
     run_id: str
-    folder: Path
+    experiment_id: str
+    folder: str  # s3://...
     trials: list[dict]  # trials.csv
     best: dict  # best_config.json
     best_metric: float
@@ -152,10 +182,9 @@ class Study:
 
 
 @pytest.fixture(scope="module")
-def study(root, killed, ray_cluster):
+def study(root, topology, killed, ray_cluster):
     """The killed study, resumed to the end by a second submission with --resume."""
-    config = root / "tiny.toml"
-    job = submit(ray_cluster, config, root / "submit-2.log", "--resume")
+    job = submit(ray_cluster, topology, root / "tiny.toml", root / "submit-2.log", "--resume")
     job.wait(timeout=900)
     log = (root / "submit-2.log").read_text()
     job_id = re.search(r"raysubmit_\w+", log)
@@ -164,13 +193,12 @@ def study(root, killed, ray_cluster):
                              ray_cluster.dashboard, job_id.group()], env=ray_cluster.env, capture_output=True,
                             text=True)
     assert f"Job '{job_id.group()}' succeeded" in status.stdout, status.stdout + status.stderr  # status SUCCEEDED
-    folder = root / "studies" / "tiny"
-    best = json.loads((folder / "report" / "best_config.json").read_text())
-    with open(folder / "report" / "trials.csv") as file:
-        trials = [{**row, "epochs": int(row["epochs"]), "val/top1": float(row["val/top1"])}
-                  for row in csv.DictReader(file)]
-    return Study(killed[0], folder, trials, best["settings"], best["val/top1"],
-                 (folder / "report" / "results" / "results.md").read_text(), log)
+    folder = f"{topology.bucket}/studies/tiny"
+    best = json.loads(storage.read_text(f"{folder}/report/best_config.json"))
+    trials = [{**row, "epochs": int(row["epochs"]), "val/top1": float(row["val/top1"])}
+              for row in csv.DictReader(io.StringIO(storage.read_text(f"{folder}/report/trials.csv")))]
+    return Study(killed[0], client(topology).get_run(killed[0]).info.experiment_id, folder, trials,
+                 best["settings"], best["val/top1"], storage.read_text(f"{folder}/report/results/results.md"), log)
 
 
 def test_space_reads_ranges_and_rejects_what_the_job_lacks():
@@ -211,10 +239,10 @@ def test_concurrency_follows_cpus_and_whole_gpus():
         load_config(sets=["train.num_workers=2", "train.use_gpu=true", "train.gpus_per_worker=0.5"])
 
 
-def test_study_is_one_parent_with_a_child_run_per_trial(root, study):
-    parent = client(root).get_run(study.run_id)
+def test_study_is_one_parent_with_a_child_run_per_trial(topology, study):
+    parent = client(topology).get_run(study.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["kind"] == "study"
-    runs = trial_runs(root, study.run_id)
+    runs = trial_runs(topology, study.run_id)
     assert len(runs) == TRIALS and len(study.trials) == TRIALS
     searched = [tuple(r.data.params[k] for k in ("loss.alpha", "loss.w", "loss.tau", "train.lr")) for r in runs]
     assert len(set(searched)) == TRIALS  # distinct sampled settings
@@ -222,28 +250,29 @@ def test_study_is_one_parent_with_a_child_run_per_trial(root, study):
     states = {r.data.tags["state"] for r in runs}
     assert states <= {"completed", "early-stopped"} and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:  # per-epoch metrics, as many epochs as the trial ran, each logged once
-        steps = [m.step for m in client(root).get_metric_history(run.info.run_id, "val/top1")]
+        steps = [m.step for m in client(topology).get_metric_history(run.info.run_id, "val/top1")]
         expected = EPOCHS if run.data.tags["state"] == "completed" else len(steps)
         assert steps == list(range(expected)) and expected >= 1
 
 
-def test_driver_on_the_head_trials_on_the_other_node_with_the_uploaded_code(root, study, ray_cluster):
+def test_driver_on_the_head_trials_on_the_other_node_with_the_uploaded_code(topology, study, ray_cluster):
     head, other = ray_cluster.node_ids
-    parent = client(root).get_run(study.run_id)
+    parent = client(topology).get_run(study.run_id)
     assert parent.data.tags["ray.node_id"] == head  # the job's driver: Tune, E, the finish's evaluation
-    runs = trial_runs(root, study.run_id)
+    runs = trial_runs(topology, study.run_id)
     assert {r.data.tags["ray.node_id"] for r in runs} == {other}  # every trial's rank 0
     assert not parent.data.tags["partkd.path"].startswith(str(REPO))  # the job ran the uploaded working directory
-    for run in runs:  # checkpoints on the storage both nodes share
-        folder = study.folder / "ray" / run.info.run_name
-        assert list(folder.glob("checkpoint_*/meta.json")), f"no checkpoint in {folder}"
+    for run in runs:  # Ray Train's checkpoints: objects in the bucket
+        folder = f"{study.folder}/ray/{run.info.run_name}"
+        saved = [c for c in storage.listdir(folder, "checkpoint_*") if storage.exists(f"{c}/meta.json")]
+        assert saved, f"no checkpoint in {folder}: {storage.listdir(folder)}"
 
 
-def test_killed_study_resumed_keeps_its_parent_and_its_ended_trials(root, study, killed):
+def test_killed_study_resumed_keeps_its_parent_and_its_ended_trials(topology, study, killed):
     """The resumed study has all its trials under the same parent; the trials, which had all ended, were neither re-run
     nor duplicated in MLflow (the finish, killed as it began, has its two runs once: test_finish_...)."""
     parent, before = killed
-    runs = trial_runs(root, parent)
+    runs = trial_runs(topology, parent)
     assert len(runs) == TRIALS
     for run in runs:
         if run.info.run_id in before:  # kept as it was
@@ -251,58 +280,157 @@ def test_killed_study_resumed_keeps_its_parent_and_its_ended_trials(root, study,
     assert {t["trial_id"] for t in study.trials} == {r.data.tags["trial_id"] for r in runs}
 
 
-def test_asha_stops_a_trial_early_and_saves_epochs(root, study, killed):
+def test_asha_stops_a_trial_early_and_saves_epochs(topology, study, killed):
     early = [t for t in study.trials if t["state"] == "early-stopped"]
     assert early, study.trials
     assert all(t["epochs"] < EPOCHS for t in early)
-    metrics = client(root).get_run(study.run_id).data.metrics
+    metrics = client(topology).get_run(study.run_id).data.metrics
     assert metrics["search/epochs"] == sum(t["epochs"] for t in study.trials) < TRIALS * EPOCHS
     assert metrics["search/epochs_saved"] == pytest.approx(1 - metrics["search/epochs"] / (TRIALS * EPOCHS))
     # trials per hour of the resumed leg: the trials that ended in it (none: they had all ended before the kill)
     assert metrics["search/trials_per_hour"] == 0 and len(killed[1]) == TRIALS
 
 
-def test_best_config_is_the_best_trial_and_recorded_on_the_parent(root, study):
+def test_best_config_is_the_best_trial_and_recorded_on_the_parent(topology, study):
     best = max(study.trials, key=lambda t: t["val/top1"])
     assert study.best_metric == pytest.approx(best["val/top1"])
     assert {k: str(v) for k, v in study.best.items()} == {k: best[k] for k in SPACE}
-    parent = client(root).get_run(study.run_id)
+    parent = client(topology).get_run(study.run_id)
     assert parent.data.tags["best.loss.grouping"] == study.best["loss.grouping"]
     assert parent.data.metrics["best/val/top1"] == pytest.approx(study.best_metric)
-    artifacts = {a.path for a in client(root).list_artifacts(study.run_id, "search")}
+    artifacts = {a.path for a in client(topology).list_artifacts(study.run_id, "search")}
     assert {"search/best_config.json", "search/trials.csv", "search/optimization_history.png",
             "search/param_importances.png"} <= artifacts
 
 
-def test_finish_compares_best_and_paper_on_the_test_split(root, study):
+def test_finish_compares_best_and_paper_on_the_test_split(topology, study):
     lines = study.markdown.splitlines()
     assert "over 1 seeds: 0" in study.markdown
     assert "top-1 gain over paper defaults" in lines[0]
     rows = [line for line in lines if line.startswith("| Student")]
     assert [r.split(" | ")[2] for r in rows] == ["0.0", "0.3", "0.6"] * 2
     assert all(r.startswith("| Student (paper defaults)") for r in rows[:3])
-    finish = tracking.child_runs(f"sqlite:///{root / 'mlflow.db'}", study.run_id, "tags.`study.stage` = 'finish'")
+    finish = tracking.child_runs(topology.uri, study.run_id, "tags.`study.stage` = 'finish'")
     assert len(finish) == 2
     paper = [r for r in finish if "paper" in r.info.run_name]
     assert {(r.data.params["loss.grouping"], r.data.params["loss.w"], r.data.params["loss.tau"],
              r.data.params["loss.alpha"]) for r in paper} == {("paper5", "0.5", "1.0", "1.0")}  # alpha: the [job]'s
     assert {r.data.params["data.val_fraction"] for r in finish} == {"0.0"}  # the whole training split
-    assert {a.path for a in client(root).list_artifacts(study.run_id, "results")} == {"results/results.md",
+    assert {a.path for a in client(topology).list_artifacts(study.run_id, "results")} == {"results/results.md",
                                                                                      "results/results.csv"}
 
 
-def test_study_part_matrices_leave_the_validation_slice_out(root, study):
-    logged = {a.path for a in client(root).list_artifacts(study.run_id, "part_matrix")}
+def test_study_part_matrices_leave_the_validation_slice_out(topology, study):
+    logged = {a.path for a in client(topology).list_artifacts(study.run_id, "part_matrix")}
     assert logged == {"part_matrix/part_matrix_paper5_t1_xsub+val0.25-0_T16_M1.npy",
                       "part_matrix/part_matrix_halves2_t1_xsub+val0.25-0_T16_M1.npy"}
 
 
-def test_a_study_is_not_started_over_by_accident(root, study):
+def test_a_study_is_not_started_over_by_accident(root, topology, study):
     with pytest.raises(StudyExistsError, match="--resume"):
-        run_study(load_study(str(root / "tiny.toml")), say=lambda line: None)
+        run_study(load_study(str(root / "tiny.toml"), [f"tracking_uri={topology.uri}"]), say=lambda line: None)
 
 
-def test_a_given_teacher_that_saw_the_validation_slice_is_refused(root, ray_teacher):
-    config = study_file(root, "other-slice", finish="[]", teacher=str(ray_teacher.checkpoint))
+def test_a_given_teacher_that_saw_the_validation_slice_is_refused(root, topology, study):
+    config = study_file(root, "other-slice", finish="[]")
     with pytest.raises(ValueError, match="it has seen the validation slice"):
-        run_study(load_study(str(config), ["data.val_fraction=0.2"]), say=lambda line: None)
+        run_study(load_study(str(config), ["data.val_fraction=0.2", f"tracking_uri={topology.uri}"]),
+                  say=lambda line: None)
+
+
+# ------------------------------------------------------------------------------------------- where everything landed
+
+
+def test_runs_are_rows_of_the_tracking_servers_postgresql(topology, study):
+    runs = trial_runs(topology, study.run_id) + tracking.child_runs(topology.uri, study.run_id,
+                                                                     "tags.`study.stage` = 'finish'")
+    rows = topology.database.query(
+        "select r.run_uuid, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+        "where t.key = 'mlflow.parentRunId' and t.value = %s", study.run_id)
+    assert sorted(rows) == sorted((r.info.run_id, "FINISHED") for r in runs) and len(rows) == TRIALS + 2
+    [(kind,)] = topology.database.query("select value from experiment_tags where experiment_id = %s and key = "
+                                        "'mlflow.experimentKind'", int(study.experiment_id))
+    assert kind == "custom_model_development"
+
+
+def test_artifacts_checkpoints_and_e_are_objects_in_the_bucket(topology, study):
+    import boto3
+
+    keys = {o["Key"] for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+            for o in page.get("Contents", [])}
+    artifacts = topology.artifacts.removeprefix("s3://").split("/", 1)
+    stored = {o["Key"] for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(
+        Bucket=artifacts[0], Prefix=artifacts[1]) for o in page.get("Contents", [])}
+    parent = f"{artifacts[1]}/{study.experiment_id}/{study.run_id}/artifacts"
+    assert {f"{parent}/search/best_config.json", f"{parent}/results/results.md"} <= stored  # MLflow's artifact store
+    trial = trial_runs(topology, study.run_id)[0]
+    assert f"{artifacts[1]}/{study.experiment_id}/{trial.info.run_id}/artifacts/checkpoint/model.pt" in stored
+    assert any(re.fullmatch(rf"studies/tiny/ray/{trial.info.run_name}/checkpoint_[^/]+/model\.pt", k) for k in keys)
+    assert any(k.startswith("studies/tiny/search/experiment_state-") for k in keys)  # Tune's state: what --resume reads
+    assert "teacher/part_matrix_paper5_t1_xsub+val0.25-0_T16_M1.npy" in keys  # E, cached beside the given teacher
+
+
+def test_shards_were_read_from_the_bucket(topology, study, train_data):
+    requests = topology.s3.log.read_text()
+    shards = [s["file"] for s in load_info(train_data)["shards"]]
+    assert all(f"GET /{BUCKET}/data/{shard}" in requests for shard in shards)
+    run = trial_runs(topology, study.run_id)[0]
+    assert run.data.params["data.path"] == f"s3://{BUCKET}/data"
+    [dataset] = [i.dataset for i in run.inputs.dataset_inputs]  # the runs table's Dataset column
+    assert dataset.digest == load_info(train_data)["fingerprint"][:36]
+    assert json.loads(dataset.source)["uri"] == f"s3://{BUCKET}/data"
+
+
+def test_the_tracking_server_answers_only_the_names_it_serves(topology):
+    url = f"{topology.uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert urllib.request.urlopen(url, timeout=10).status == 200
+    port = topology.uri.rsplit(":", 1)[1]
+    request = urllib.request.Request(url, headers={"Host": f"partkd-mlflow.attacker.example:{port}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:  # DNS rebinding: MLflow 3 refuses an unknown Host
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403
+
+
+def chromium(url: str, screenshot: Path) -> str:
+    """``url`` in headless Chromium after its scripts have settled: saves a screenshot, returns the rendered DOM."""
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.skip("Chromium is not installed (make test installs Debian's chromium as root)")
+    with tempfile.TemporaryDirectory() as profile:
+        flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", "--window-size=1600,1000", "--virtual-time-budget=20000"]
+        page = subprocess.run([*flags, f"--screenshot={screenshot}", "--dump-dom", url], capture_output=True,
+                              text=True, timeout=120)
+    assert page.returncode == 0 and screenshot.stat().st_size > 0, page.stderr[-2000:]
+    return page.stdout
+
+
+def test_the_mlflow_ui_lists_the_study_and_compares_its_trials_over_the_searched_settings(topology, study, train_data,
+                                                                                         capsys):
+    """The two MLflow UI links the study prints, opened as a user would in headless Chromium: the experiment's runs
+    table in the model-training view (not the GenAI overview), the study's run with its dataset; the comparison of its
+    trials over the searched settings. The screenshots are kept (the test prints where)."""
+    folder = Path(tempfile.mkdtemp(prefix="partkd-mlflow-ui-"))
+    runs_url = re.search(r"MLflow UI: its runs (\S+)", study.log).group(1)
+    assert runs_url == f"{topology.uri}/#/experiments/{study.experiment_id}?workflowType=machine_learning"
+    page = chromium(runs_url, folder / "runs.png")
+    assert "Model training" in page and "Run Name" in page and "study-tiny" in page, page[-3000:]
+    assert load_info(train_data)["name"] in page  # the Dataset column
+    compare = chromium(re.search(r"its trials compared (\S+)", study.log).group(1), folder / "compare.png")
+    assert all(run.info.run_name in compare for run in trial_runs(topology, study.run_id))
+    assert all(key in compare for key in ("loss.alpha", "loss.w", "loss.tau", "loss.grouping")), compare[-3000:]
+    with capsys.disabled():
+        print(f"\nMLflow UI screenshots: {folder / 'runs.png'}, {folder / 'compare.png'}")
+
+
+def test_submit_says_in_one_line_what_is_wrong(ray_session, ray_cluster, root, tmp_path):
+    """Before it uploads anything: an address where no job server answers, and a cluster that wants a token."""
+    config = study_file(root, "never")
+    env = {k: v for k, v in ray_cluster.env.items() if k != "RAY_AUTH_TOKEN"}
+    for address, expected in ((f"http://127.0.0.1:{free_port()}", "no Ray job server answers at http://127.0.0.1:"),
+                              (ray_cluster.dashboard, f"the Ray cluster at {ray_cluster.dashboard} refused the token "
+                                                      "(none given)")):
+        done = subprocess.run([str(REPO / "cluster" / "submit.sh"), "--address", address, "--", "--config",
+                               str(config)], env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr

@@ -112,6 +112,8 @@ class StudyResult:
     trials: list[dict]  # trial id, state, epochs, metric, settings
     markdown: str  # the finish table ("" without finish seeds)
     folder: str  # the study's folder: a local path or a URI
+    tracking_uri: str = ""
+    experiment_id: str = ""
 
 
 def run_study(study: Study, resume: bool = False, say: Callable[[str], None] = print) -> StudyResult:
@@ -135,7 +137,8 @@ def run_study(study: Study, resume: bool = False, say: Callable[[str], None] = p
                        "ray.node_id": ray.get_runtime_context().get_node_id()},  # where the driver ran
                       resume_unfinished=resume, dataset=(info, job.data.path)) as parent:
         result = _stages(study, replace(job, parent_run_id=parent), info, folder, say)
-    result.run_id = parent
+    result.run_id, result.tracking_uri = parent, job.tracking_uri
+    result.experiment_id = tracking.experiment_id(job.tracking_uri, f"partkd/{info['name']}")
     return result
 
 
@@ -275,9 +278,8 @@ def _log_search(job: JobConfig, study: Study, trials: list[dict], best: dict, be
             writer.writeheader()
             writer.writerows(trials)
         log_search_plots(trials, study.space, METRIC, out)
-        tracking.log_artifacts(uri, parent, out, "search")
-        # last: its presence says the search's report is whole
         (out / "best_config.json").write_text(json.dumps({"settings": best, METRIC: best_metric}, indent=2))
+        tracking.log_artifacts(uri, parent, out, "search")
     return metrics
 
 
@@ -341,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"study {study.config.name}: MLflow run {result.run_id}; reports in {storage.join(result.folder, 'report')}")
+    url = tracking.experiment_url(result.tracking_uri, result.experiment_id)
+    if url:
+        trials = tracking.child_runs(result.tracking_uri, result.run_id, "tags.`study.stage` = 'trial'")
+        print(f"MLflow UI: its runs {url}\n           its trials compared "
+              f"{tracking.compare_url(result.tracking_uri, result.experiment_id, [r.info.run_id for r in trials])}")
     return 0
 
 
