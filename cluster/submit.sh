@@ -34,6 +34,7 @@ import json, os, sys, urllib.error, urllib.request
 from pathlib import Path
 
 address = sys.argv[1].rstrip("/")
+address = address if "://" in address else f"http://{address}"  # as `ray job submit` takes it
 file = Path.home() / ".ray" / "auth_token"
 token = os.environ.get("RAY_AUTH_TOKEN") or (file.read_text().strip() if file.exists() else "")
 request = urllib.request.Request(f"{address}/api/jobs/", headers={"Authorization": f"Bearer {token}"} if token else {})

@@ -20,8 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-# Any of these lets the AWS SDK find credentials without a metadata service; without one, a request would wait on
-# the instance metadata service before failing.
+# Where the AWS SDK finds credentials without asking an instance metadata service: named in errors when none is set.
 _CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
                          "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 
@@ -35,10 +34,13 @@ def is_remote(location: str | os.PathLike) -> bool:
 
 
 def absolute(location: str | os.PathLike) -> str:
-    """A URI as it is, a local path made absolute (workers run in other directories); empty stays empty."""
+    """A URI as it is, a local path (or ``file://`` URI) made an absolute path (workers run in other directories);
+    empty stays empty."""
     if not location:
         return str(location or "")
-    return str(location).rstrip("/") if is_remote(location) else str(Path(location).resolve())
+    if is_remote(location):
+        return str(location).rstrip("/")
+    return str(Path(str(location).removeprefix("file://")).resolve())
 
 
 def join(location: str | os.PathLike, *parts: str) -> str:
@@ -168,25 +170,26 @@ def staged(location) -> Iterator[Path]:
 
 
 def check_reachable(location, what: str) -> None:
-    """Fail before any work when object-store location ``location`` (setting ``what``) cannot be used: no
-    credentials in the environment, or no such bucket; a local location always passes."""
+    """Fail before any work when object-store location ``location`` (setting ``what``) cannot be used: its bucket
+    missing or unreachable, naming the bucket (and, where no credentials are in the environment or ``~/.aws``, saying
+    so); a local location always passes. Credentials pyarrow finds elsewhere (an instance profile) are used."""
     if not is_remote(location):
         return
     scheme, _, rest = str(location).partition("://")
     bucket = rest.split("/", 1)[0]
-    if scheme == "s3" and not any(os.environ.get(v) for v in _CREDENTIAL_VARIABLES) and not (
-            Path.home() / ".aws" / "credentials").exists():
-        raise StorageError(f"{what} = {location}: no credentials for bucket {bucket!r} (set AWS_ACCESS_KEY_ID and "
-                           "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a web identity; AWS_ENDPOINT_URL for a server "
-                           "other than AWS)")
+    aws = Path.home() / ".aws"
+    hint = "" if scheme != "s3" or any(os.environ.get(v) for v in _CREDENTIAL_VARIABLES) or (
+        aws / "credentials").exists() or (aws / "config").exists() else (
+        "; no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a web identity")
+    endpoint = f" at {os.environ['AWS_ENDPOINT_URL']}" if scheme == "s3" and os.environ.get("AWS_ENDPOINT_URL") else ""
     fs, _ = resolve(location)
     try:
         found = fs.get_file_info(bucket)
     except OSError as err:
-        raise StorageError(f"{what} = {location}: bucket {bucket!r} cannot be reached ({_first_line(err)})") from None
+        raise StorageError(f"{what} = {location}: bucket {bucket!r} cannot be reached{endpoint} "
+                           f"({_first_line(err)}){hint}") from None
     if found.type == pafs.FileType.NotFound:
-        raise StorageError(f"{what} = {location}: bucket {bucket!r} does not exist"
-                           f"{' at ' + os.environ['AWS_ENDPOINT_URL'] if os.environ.get('AWS_ENDPOINT_URL') else ''}")
+        raise StorageError(f"{what} = {location}: bucket {bucket!r} does not exist{endpoint}{hint}")
 
 
 def _first_line(err: BaseException) -> str:

@@ -152,9 +152,9 @@ def run(uri: str, experiment: str, run_name: str, params: dict, tags: dict, pare
     unless someone has ended it already (a study ends a trial it stops early with the trial's state). ``dataset``:
     ``(dataset.json content, location)`` of the data it trains on, recorded as its input (:func:`log_dataset`)."""
     run_id = start_run(uri, experiment, run_name, params, tags, parent_run_id, resume_unfinished, may_differ)
-    if dataset is not None:
-        log_dataset(uri, run_id, *dataset)
     try:
+        if dataset is not None:
+            log_dataset(uri, run_id, *dataset)
         yield run_id
     except BaseException as err:
         end_run(uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", if_running=True)

@@ -179,12 +179,14 @@ def pytest_collection_modifyitems(config, items):
     needed = set().union(*(getattr(item, "fixturenames", ()) for item in items)) if items else set()
     if not config.option.collectonly and {"ray_session", "ray_cluster"} & needed:
         config.stash[STARTING] = StartingCluster()
+    if not config.option.collectonly and "s3_server" in needed:
+        config.stash[S3] = StartingS3()
     if not config.option.collectonly and "tracking_server" in needed:
         config.stash[TRACKING] = StartingTracking()
 
 
 def pytest_sessionfinish(session):
-    for key in (STARTING, TRACKING):  # stopped here if no test got as far as them (-x, a keyboard interrupt)
+    for key in (STARTING, TRACKING, S3):  # stopped here if no test got as far as them (-x, a keyboard interrupt)
         starting = session.config.stash.get(key, None)
         if starting is not None:
             starting.stop()
@@ -226,20 +228,47 @@ class S3Server:
         return f"s3://{name}"
 
 
+class StartingS3:
+    """moto's S3 server on the port ``AWS_ENDPOINT_URL`` names, launched at collection (the port is chosen when this
+    file is imported: the sooner it is bound, the less likely another process takes it)."""
+
+    def __init__(self):
+        self.endpoint = os.environ["AWS_ENDPOINT_URL"]
+        self.log = Path(tempfile.mkdtemp(prefix="partkd-s3-")) / "requests.log"
+        with open(self.log, "w") as out:
+            self.server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1",
+                                            "-p", self.endpoint.rsplit(":", 1)[1]], stdout=out,
+                                           stderr=subprocess.STDOUT)
+
+    def wait_up(self) -> S3Server:
+        import urllib.request
+
+        wait_for_http(f"{self.endpoint}/moto-api/data.json", self.server, self.log)
+        try:  # moto answers there with its state, as JSON; another server on the port would not
+            json.load(urllib.request.urlopen(f"{self.endpoint}/moto-api/data.json", timeout=10))
+        except (OSError, ValueError) as err:
+            pytest.fail(f"{self.endpoint} is not the tests' moto server ({err}): {self.log.read_text()[-1000:]}")
+        return S3Server(self.endpoint, self.log)
+
+    def stop(self) -> None:
+        self.server.terminate()
+        self.server.wait(timeout=10)
+        shutil.rmtree(self.log.parent, ignore_errors=True)
+
+
+S3 = pytest.StashKey[StartingS3]()
+
+
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
+def s3_server(request):
     """An S3-compatible server (moto's, in server mode) on loopback at ``AWS_ENDPOINT_URL``, for the session."""
-    log = tmp_path_factory.mktemp("s3") / "requests.log"
-    endpoint = os.environ["AWS_ENDPOINT_URL"]
-    with open(log, "w") as out:
-        server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p",
-                                   endpoint.rsplit(":", 1)[1]], stdout=out, stderr=subprocess.STDOUT)
+    starting = request.config.stash.get(S3, None) or StartingS3()
+    request.config.stash[S3] = starting
     try:
-        wait_for_http(f"{endpoint}/moto-api/", server, log)
-        yield S3Server(endpoint, log)
+        yield starting.wait_up()
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        starting.stop()
+        del request.config.stash[S3]
 
 
 def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:
@@ -279,7 +308,11 @@ class Postgres:
         self._run("initdb", "-D", f"{self.folder}/data", "-U", "mlflow", "--auth=trust", "-E", "UTF8")
         self._run("pg_ctl", "-D", f"{self.folder}/data", "-l", f"{self.folder}/server.log", "-w", "-o",
                   f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder}", "start")
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", "mlflow")
+        try:
+            self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", "mlflow")
+        except RuntimeError:
+            self.stop()
+            raise
         self.uri = f"postgresql+psycopg://mlflow@127.0.0.1:{self.port}/mlflow"
 
     def _run(self, program: str, *args: str) -> None:
@@ -325,12 +358,13 @@ class StartingTracking:
             self.database = Postgres()
             with open(self.log, "w") as out:
                 self.server = subprocess.Popen(
-                    [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", self.database.uri,
-                     "--serve-artifacts", "--artifacts-destination", self.artifacts, "--host", "127.0.0.1",
-                     "--port", str(self.port), "--workers", "1", "--allowed-hosts",
+                    [str(Path(sys.executable).with_name("mlflow")), "server", "--serve-artifacts", "--host",
+                     "127.0.0.1", "--port", str(self.port), "--workers", "1", "--allowed-hosts",
                      f"127.0.0.1:{self.port},localhost:{self.port}"],
                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                    env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                    env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                         "MLFLOW_BACKEND_STORE_URI": self.database.uri,
+                         "MLFLOW_ARTIFACTS_DESTINATION": self.artifacts})
         except BaseException as err:  # pytest.skip included: raised again where the fixture waits
             self.error = err
 

@@ -195,8 +195,9 @@ def test_every_kustomization_renders():
 
 
 def test_only_the_installs_own_pods_reach_it():
-    """Services are ClusterIP; the NetworkPolicy admits, to every pod of the install, only pods of the install; and
-    every pod the install starts (Ray's, MLflow's, PostgreSQL's, the RayJob's submitter) carries its label."""
+    """Services are ClusterIP; the NetworkPolicy admits, to every pod of the install, only pods of the install (and
+    the KubeRay operator, to the dashboard port); and every pod the install starts (Ray's, MLflow's, PostgreSQL's, the
+    RayJob's submitter) carries its label."""
     for folder in kustomizations():
         objects = rendered(folder)[1]
         for obj in objects:
@@ -209,7 +210,31 @@ def test_only_the_installs_own_pods_reach_it():
                 assert PART_OF.items() <= labels.items(), f"{folder}: a pod of {obj['kind']} {obj['metadata']['name']}"
         [policy] = [obj["spec"] for obj in objects if obj["kind"] == "NetworkPolicy"]
         assert policy["podSelector"] == {"matchLabels": PART_OF} and policy["policyTypes"] == ["Ingress"]
-        assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": PART_OF}}]}], folder
+        own, operator = policy["ingress"]  # the install's pods anywhere; the KubeRay operator to the dashboard only
+        assert own == {"from": [{"podSelector": {"matchLabels": PART_OF}}]}, folder
+        assert operator["ports"] == [{"protocol": "TCP", "port": 8265}], folder
+        assert operator["from"] == [{"namespaceSelector": {}, "podSelector": {
+            "matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}], folder
+
+
+def _bytes(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 1e3, "M": 1e6, "G": 1e9}
+    unit = next((u for u in units if quantity.endswith(u)), "")
+    return float(quantity.removesuffix(unit)) * units.get(unit, 1)
+
+
+def test_every_ray_object_store_fits_its_shared_memory_volume():
+    """Ray keeps its object store in /dev/shm, an in-memory volume: a store larger than the volume's sizeLimit gets
+    the pod evicted once it fills (cached splits live there)."""
+    for folder in kustomizations():
+        for obj in rendered(folder)[1]:
+            spec = ray_spec(obj)
+            for group in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])] if spec else []:
+                pod = group["template"]["spec"]
+                mounts = {m["name"] for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/dev/shm"}
+                [volume] = [v for v in pod["volumes"] if v["name"] in mounts]
+                store = float(group["rayStartParams"]["object-store-memory"])
+                assert store < _bytes(volume["emptyDir"]["sizeLimit"]), (folder, group.get("groupName", "head"))
 
 
 def test_ray_pods_reach_the_tracking_server_by_a_name_it_accepts():
@@ -223,10 +248,13 @@ def test_ray_pods_reach_the_tracking_server_by_a_name_it_accepts():
     server = by_kind["Deployment", uri.hostname]["spec"]["template"]["spec"]["containers"][0]
     allowed = next(a.split("=", 1)[1] for a in server["args"] if a.startswith("--allowed-hosts=")).split(",")
     assert any(fnmatch.fnmatch(uri.netloc, pattern) for pattern in allowed), (uri.netloc, allowed)
-    assert not any(fnmatch.fnmatch("evil.example:5000", pattern) for pattern in allowed)
+    for hostile in ("evil.example:5000", "partkd-mlflow.attacker.example:5000"):  # DNS rebinding names
+        assert not any(fnmatch.fnmatch(hostile, pattern) for pattern in allowed), hostile
     for pod in pod_specs(by_kind["RayCluster", "partkd"]):
         assert {"configMapRef": {"name": "partkd-env"}} in pod["containers"][0]["envFrom"]
-    assert "--artifacts-destination=$(MLFLOW_ARTIFACTS_DESTINATION)" in server["args"]
+    env = {e["name"] for e in server["env"]}  # read by `mlflow server` from its environment, not its arguments
+    assert {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION"} <= env
+    assert not any("store-uri" in a or "artifacts-destination" in a for a in server["args"])
 
 
 def test_the_rayjob_runs_the_study_and_resumes_it_when_retried():

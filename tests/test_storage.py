@@ -61,7 +61,8 @@ def test_unusable_locations_fail_before_any_work_naming_the_bucket(s3_server, mo
     with monkeypatch.context() as env:
         env.delenv("AWS_ACCESS_KEY_ID")
         env.setenv("HOME", str(tmp_path))  # no ~/.aws/credentials either
-        with pytest.raises(storage.StorageError, match="study.storage = s3://b/s: no credentials for bucket 'b'"):
+        with pytest.raises(storage.StorageError, match="study.storage = s3://b/s: bucket 'b' does not exist at "
+                                                       "http://127.0.0.1:[0-9]+; no credentials found"):
             storage.check_reachable("s3://b/s", "study.storage")
     with monkeypatch.context() as env:
         env.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
