@@ -271,12 +271,32 @@ def test_cuda_bf16_autocast_matches_fp32():
     assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.98
 
 
-def test_bench_smoke():
-    from partkd.bench.train import run_train_bench
+def test_bench_smoke_and_its_json_for_the_reference_script(tmp_path, capsys):
+    """``partkd bench train --json FILE``: the object bench_vs_reference.py reads, each entry at the CPU's training
+    precision (fp32), its TFLOP/s the FLOP count of that step over its median time."""
+    import json
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from partkd.bench.train import SHAPES, main, run_train_bench
 
     rows = run_train_bench(shapes=("tiny",), dtypes=("fp32",), steps=2, warmup=1, device="cpu")
-    assert {r["step"] for r in rows} == {"teacher", "student_kd", "student_kd_bank"}
+    assert {r["step"] for r in rows} == {"teacher_step", "student_kd_batch", "student_kd_bank", "inference"}
     assert all(r["samples_per_s"] > 0 for r in rows)
+    main(["--shapes", "tiny", "--steps", "2", "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "b.json")])
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert (report["dtype"], report["shape"], report["device"]) == ("fp32", "tiny", "cpu")
+    assert report["torch"] == torch.__version__ and set(report["not_measured"]) == {"part_matrix", "data_path"}
+    shape = SHAPES["tiny"]
+    teacher = create_model("stgcn", layout="ntu25", num_classes=60, **shape.model).train()  # the step, literally
+    x = torch.randn(shape.batch, shape.persons, shape.frames, 25, 3)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(teacher(x)[0], torch.zeros(shape.batch, dtype=torch.long)).backward()
+    entry = report["teacher_step"]
+    assert entry["gflop_per_sample"] == pytest.approx(counter.get_total_flops() / shape.batch / 1e9)
+    assert entry["tflops"] == pytest.approx(entry["gflop_per_sample"] * entry["samples_per_s"] / 1e3)
+    assert report["inference"]["gflop_per_sample"] < entry["gflop_per_sample"] / 2  # a forward alone
+    assert "JSON: " in capsys.readouterr().out
     with pytest.warns(DeprecationWarning, match="moved to partkd.bench.train.run_train_bench"):
         from partkd.bench import run_train_bench as alias  # the module's name before 0.2, for one release
     assert alias is run_train_bench

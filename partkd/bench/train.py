@@ -4,13 +4,17 @@ Teacher step: ST-GCN on ``ntu25`` high-quality skeletons, cross-entropy (Eq. 2),
 ``coco17`` low-quality skeletons (2D + score), the frozen teacher's forward on the paired high-quality batch, part
 pooling on both sides, ``L_c + alpha L_pmsc`` (Eq. 4), SGD.
 ``student_kd_bank``: the same with the teacher's part features looked up from a precomputed bank instead of the
-teacher's forward (``loss.hq_source=bank``). Figures are samples per second from the median step time.
-No test asserts them; they are printed for the record.
+teacher's forward (``loss.hq_source=bank``). ``inference``: the teacher's evaluation forward, no gradient.
+Figures are samples per second from the median step time, and TFLOP/s from each step's FLOP count
+(``torch.utils.flop_counter``, counted once per step kind). No test asserts them; they are printed for the record.
+``--json FILE`` writes the object ``../shared/anchors/bench_vs_reference.py`` reads: one entry per step kind at the
+precision training takes on that device (bf16 autocast on CUDA, as ``train.bf16`` defaults; fp32 elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -20,6 +24,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from partkd.losses import pmsc_loss
 from partkd.models import create_model, part_pool
@@ -91,6 +96,26 @@ def _teacher_step(shape: BenchShape, setup: _Setup, autocast_dtype, device: torc
     return step
 
 
+def _inference(shape: BenchShape, setup: _Setup, autocast_dtype, device: torch.device):
+    """The teacher's evaluation forward (eval mode, no gradient), as evaluation and E run it."""
+    teacher = create_model("stgcn", layout=setup.teacher_layout, num_classes=setup.num_classes, **shape.model)
+    teacher = teacher.to(device).eval()
+    x = torch.randn(shape.batch, shape.persons, shape.frames, teacher.layout.num_joints, 3, device=device)
+
+    def step():
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            teacher(x)
+
+    return step
+
+
+def step_flops(step) -> int:
+    """The FLOPs of one call of ``step`` (matmuls and convolutions, forward and backward), as PyTorch counts them."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
 def _student_step(shape: BenchShape, setup: _Setup, autocast_dtype, device: torch.device, hq_source: str = "batch"):
     """``batch``: the frozen teacher's forward on the paired HQ batch every step (the paper). ``bank``: the teacher's
     part features looked up from a bank computed once (the batch's pairs plus ``bank_negatives`` random entries)."""
@@ -130,6 +155,11 @@ def _student_step(shape: BenchShape, setup: _Setup, autocast_dtype, device: torc
     return step
 
 
+# the JSON entries bench_vs_reference.py prints, in this order
+STEP_KINDS = {"teacher_step": _teacher_step, "student_kd_batch": _student_step,
+              "student_kd_bank": partial(_student_step, hq_source="bank"), "inference": _inference}
+
+
 def run_train_bench(
     shapes: Sequence[str] = ("cpu",),
     dtypes: Sequence[str] | None = None,
@@ -149,29 +179,53 @@ def run_train_bench(
     for shape_name in shapes:
         shape = SHAPES[shape_name]
         for dtype_name in dtypes:
-            for kind, build in (("teacher", _teacher_step), ("student_kd", _student_step),
-                                ("student_kd_bank", partial(_student_step, hq_source="bank"))):
+            for kind, build in STEP_KINDS.items():
                 torch.manual_seed(0)
-                times = _time_steps(build(shape, setup, DTYPES[dtype_name], device), steps, warmup, device)
+                step = build(shape, setup, DTYPES[dtype_name], device)
+                flops = step_flops(step)  # also one more warm-up step
+                times = _time_steps(step, steps, warmup, device)
                 median = statistics.median(times)
                 rows.append(
                     dict(step=kind, shape=shape_name, batch=shape.batch, frames=shape.frames, persons=shape.persons,
                          dtype=dtype_name, device=str(device), threads=torch.get_num_threads(), steps=steps,
                          step_ms=1e3 * median, step_ms_min=1e3 * min(times), step_ms_max=1e3 * max(times),
-                         samples_per_s=shape.batch / median)
+                         samples_per_s=shape.batch / median, gflop_per_sample=flops / shape.batch / 1e9,
+                         tflops=flops / median / 1e12)
                 )  # fmt: skip
     return rows
 
 
+def training_dtype(device: torch.device) -> str:
+    """The precision a training job takes on ``device`` with the default settings (``train.bf16``: autocast on CUDA)."""
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def json_report(rows: list[dict], device: torch.device) -> dict:
+    """The object ``bench_vs_reference.py`` reads: per step kind, the first shape's figures at the training dtype."""
+    dtype = training_dtype(device)
+    chosen = [r for r in rows if r["dtype"] == dtype]
+    shape = chosen[0]["shape"] if chosen else None
+    report = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+              else "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": dtype,
+              "shape": shape, "not_measured": {"part_matrix": "not in this benchmark yet (issue 12)",
+                                               "data_path": "not in this benchmark yet (issue 12)"}}
+    for r in chosen:
+        if r["shape"] == shape:
+            report[r["step"]] = {k: r[k] for k in ("samples_per_s", "tflops", "gflop_per_sample", "step_ms",
+                                                   "step_ms_min", "step_ms_max", "steps", "batch", "frames",
+                                                   "persons")}
+    return report
+
+
 def format_rows(rows: list[dict]) -> str:
     header = f"{'step':<15} {'shape':<5} {'N':>3} {'T':>4} {'M':>2} {'dtype':<5} {'device':<7} {'ms/step':>9} "
-    header += f"{'(min-max)':>17} {'samples/s':>10}"
+    header += f"{'(min-max)':>17} {'samples/s':>10} {'TFLOP/s':>8}"
     lines = [header]
     for r in rows:
         lines.append(
             f"{r['step']:<15} {r['shape']:<5} {r['batch']:>3} {r['frames']:>4} {r['persons']:>2} {r['dtype']:<5} "
             f"{r['device']:<7} {r['step_ms']:>9.1f} {r['step_ms_min']:>8.1f}-{r['step_ms_max']:<8.1f} "
-            f"{r['samples_per_s']:>10.1f}"
+            f"{r['samples_per_s']:>10.1f} {r['tflops']:>8.3f}"
         )
     return "\n".join(lines)
 
@@ -183,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures at the training precision as JSON "
+                                                       "(the object ../shared/anchors/bench_vs_reference.py reads)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shapes = args.shapes.split(",") if args.shapes else (["ntu", "cpu"] if device.type == "cuda" else ["cpu"])
@@ -190,7 +246,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown shapes {unknown}; known: {', '.join(SHAPES)}")
     dtypes = args.dtypes.split(",") if args.dtypes else None
-    print(format_rows(run_train_bench(shapes, dtypes, args.steps, args.warmup, device)))
+    if args.json and dtypes and training_dtype(device) not in dtypes:
+        parser.error(f"--json reports the training precision on {device.type}, {training_dtype(device)}: "
+                     "include it in --dtypes")
+    rows = run_train_bench(shapes, dtypes, args.steps, args.warmup, device)
+    print(format_rows(rows))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(json_report(rows, device), file, indent=2)
+        print(f"JSON: {args.json}")
 
 
 if __name__ == "__main__":
