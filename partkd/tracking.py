@@ -17,6 +17,8 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from partkd import storage
+
 DEFAULT_DB = "mlflow.db"
 
 
@@ -174,13 +176,13 @@ def log_metrics(uri: str, run_id: str, metrics: dict) -> None:
 
 
 def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-    """A file or a whole directory."""
+    """A file or a whole directory, local or in an object store (uploaded from a local copy)."""
     client = _client(uri)
-    path = Path(path)
-    if path.is_dir():
-        client.log_artifacts(run_id, str(path), artifact_path)
-    else:
-        client.log_artifact(run_id, str(path), artifact_path)
+    with storage.local_copy(path) as local:
+        if local.is_dir():
+            client.log_artifacts(run_id, str(local), artifact_path)
+        else:
+            client.log_artifact(run_id, str(local), artifact_path)
 
 
 def log_texts(uri: str, run_id: str, files: dict[str, str]) -> None:

@@ -168,40 +168,47 @@ class StartingCluster:
             shutil.rmtree(temp, ignore_errors=True)
 
 
-STARTING = pytest.StashKey[StartingCluster]()
+# The session's servers, by the fixture that serves each (filled in below, once their classes exist): launched at
+# collection when a collected test needs them, in the background, so they come up while the tests without them run.
+BACKGROUND: dict[str, type] = {}
+LAUNCHED = pytest.StashKey[dict]()  # fixture name -> its Starting... object, until stopped
 
 
 def pytest_collection_modifyitems(config, items):
     """The tests that use Ray run last: everything else first, in this process without Ray, and the tests that need
-    the session's cluster after it (the order within each group is kept). When some do, the cluster starts now, in the
-    background: its nodes come up while the tests that need no Ray run."""
+    the session's cluster after it (the order within each group is kept). The servers the collected tests need start
+    now (:data:`BACKGROUND`)."""
     items.sort(key=lambda item: "ray_session" in getattr(item, "fixturenames", ()))
     needed = set().union(*(getattr(item, "fixturenames", ()) for item in items)) if items else set()
-    if not config.option.collectonly and {"ray_session", "ray_cluster"} & needed:
-        config.stash[STARTING] = StartingCluster()
-    if not config.option.collectonly and "s3_server" in needed:
-        config.stash[S3] = StartingS3()
-    if not config.option.collectonly and "tracking_server" in needed:
-        config.stash[TRACKING] = StartingTracking()
+    launched = config.stash.setdefault(LAUNCHED, {})
+    for fixture, start in BACKGROUND.items():
+        if fixture in needed and not config.option.collectonly:
+            launched[fixture] = start()
 
 
 def pytest_sessionfinish(session):
-    for key in (STARTING, TRACKING, S3):  # stopped here if no test got as far as them (-x, a keyboard interrupt)
-        starting = session.config.stash.get(key, None)
-        if starting is not None:
-            starting.stop()
+    for starting in session.config.stash.get(LAUNCHED, {}).values():  # those no test got as far as (-x, Ctrl-C)
+        starting.stop()
+
+
+def serve(request, fixture: str):
+    """The body of a session fixture in :data:`BACKGROUND`: its server as collection launched it (or launched now),
+    once up; stopped at the end of the session."""
+    launched = request.config.stash.setdefault(LAUNCHED, {})
+    starting = launched.get(fixture) or BACKGROUND[fixture]()
+    launched[fixture] = starting
+    try:
+        yield starting.wait_up()
+    finally:
+        starting.stop()
+        launched.pop(fixture, None)
 
 
 @pytest.fixture(scope="session")
 def ray_cluster(request):
     """The one Ray of the test session (one Ray per machine): the :class:`StartingCluster` collection started, once
     both its nodes are up; stopped at the end of the session."""
-    starting = request.config.stash.get(STARTING, None) or StartingCluster()
-    request.config.stash[STARTING] = starting
-    try:
-        yield starting.wait_up()
-    finally:
-        starting.stop()
+    yield from serve(request, "ray_cluster")
 
 
 @pytest.fixture(scope="session")
@@ -256,19 +263,10 @@ class StartingS3:
         shutil.rmtree(self.log.parent, ignore_errors=True)
 
 
-S3 = pytest.StashKey[StartingS3]()
-
-
 @pytest.fixture(scope="session")
 def s3_server(request):
     """An S3-compatible server (moto's, in server mode) on loopback at ``AWS_ENDPOINT_URL``, for the session."""
-    starting = request.config.stash.get(S3, None) or StartingS3()
-    request.config.stash[S3] = starting
-    try:
-        yield starting.wait_up()
-    finally:
-        starting.stop()
-        del request.config.stash[S3]
+    yield from serve(request, "s3_server")
 
 
 def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:
@@ -388,20 +386,14 @@ class StartingTracking:
             self.database.stop()
 
 
-TRACKING = pytest.StashKey[StartingTracking]()
-
-
 @pytest.fixture(scope="session")
 def tracking_server(request, s3_server):
     """The session's MLflow tracking server on PostgreSQL with its artifacts in ``s3_server``."""
-    starting = request.config.stash.get(TRACKING, None) or StartingTracking()
-    request.config.stash[TRACKING] = starting
     s3_server.bucket(TRACKING_BUCKET)
-    try:
-        yield starting.wait_up()
-    finally:
-        starting.stop()
-        del request.config.stash[TRACKING]
+    yield from serve(request, "tracking_server")
+
+
+BACKGROUND.update(ray_cluster=StartingCluster, s3_server=StartingS3, tracking_server=StartingTracking)
 
 
 # The training tests' dataset: small enough for seconds-long jobs, with solitary samples (a quarter) and enough

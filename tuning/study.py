@@ -171,8 +171,7 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: str, say) -> Study
     say(f"part matrices E ({', '.join(groupings)}) from the teacher's occlusion tests")
     matrices = {g: str(part_matrix_for_teacher(teacher, job.data, g)) for g in groupings}
     for matrix in matrices.values():
-        with storage.local_copy(matrix) as local:
-            tracking.log_artifacts(job.tracking_uri, job.parent_run_id, local, "part_matrix")
+        tracking.log_artifacts(job.tracking_uri, job.parent_run_id, matrix, "part_matrix")
     job = replace(job, teacher_checkpoint=str(teacher))
     concurrent = cfg.max_concurrent or max_concurrent_trials(ray.cluster_resources(), job.train)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base=job.to_dict(),

@@ -114,8 +114,8 @@ def load_meta(directory: str | Path) -> CheckpointMeta:
 
 
 def _load_tensors(directory: str | Path, name: str) -> dict:
-    return torch.load(io.BytesIO(storage.read_bytes(storage.join(directory, name))), map_location="cpu",
-                      weights_only=True)
+    data = io.BytesIO(storage.read_bytes(storage.join(directory, name)))
+    return torch.load(data, map_location="cpu", weights_only=True)
 
 
 def load_model(directory: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, CheckpointMeta]:

@@ -210,8 +210,7 @@ def _run(job: JobConfig, model: ModelSpec, side: str, inputs: JobInputs, info: d
                 raise JobDataError(f"job {name} stopped on bad data: {bad_data}") from err
             raise
         write_meta(final, replace(load_meta(final), mlflow_run_id=run_id))
-        with storage.local_copy(final) as local:
-            tracking.log_artifacts(uri, run_id, local, "checkpoint")
+        tracking.log_artifacts(uri, run_id, final, "checkpoint")
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     return JobResult(final, metrics, run_id)
 
@@ -260,6 +259,5 @@ def train_student(job: JobConfig, say: Callable[[str], None] = print, tags: dict
         uri = job.tracking_uri or tracking.tracking_uri()
         for file in (job.part_matrix, job.part_matrix.removesuffix(".npy") + ".png"):
             if storage.exists(file):
-                with storage.local_copy(file) as local:
-                    tracking.log_artifacts(uri, result.run_id, local, "part_matrix")
+                tracking.log_artifacts(uri, result.run_id, file, "part_matrix")
     return result

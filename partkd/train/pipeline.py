@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from partkd import storage, tracking
+from partkd import tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import SynthConfig
 from partkd.train.config import JobConfig, load_config
@@ -88,8 +88,7 @@ def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, .
     say(f"[2/{stages}] part matrix E ({job.loss.grouping}) from teacher occlusion tests")
     part_matrix = part_matrix_for_teacher(teacher.checkpoint, job.data, job.loss.grouping)
     for file in (part_matrix, part_matrix.removesuffix(".npy") + ".png"):
-        with storage.local_copy(file) as local:
-            tracking.log_artifacts(job.tracking_uri, job.parent_run_id, local, "part_matrix")
+        tracking.log_artifacts(job.tracking_uri, job.parent_run_id, file, "part_matrix")
 
     students: dict[str, JobResult] = {}
     for step, objective in enumerate(map(get_objective, objectives), start=3):
