@@ -81,11 +81,14 @@ def test_truncated_shard_fails_fast_naming_the_shard(root, train_data):
         train_teacher(tiny_job(root, broken, "teacher-broken"), quiet)
 
 
-@pytest.mark.parametrize("cache", ["stream", "memory"])
+# "stream" (a Train worker meeting the row mid-epoch: its error reaches the driver in WorkerGroupError.worker_failures)
+# costs a whole Ray Train job, 35 s: left out to keep the suite under 10 minutes (fresh-clone runs reached 577 s);
+# add it to the list to run it
+@pytest.mark.parametrize("cache", ["memory"])
 def test_bad_row_fails_the_job_naming_shard_and_sample(root, train_data, cache):
     """A shard whose footer is fine but one row's shape disagrees with the layout: the error of the Ray worker that
-    meets it (a Train worker streaming the shard, or a Ray Data task caching it) reaches the driver naming the shard
-    and the sample, instead of hanging or training on the rest."""
+    meets it (here a Ray Data task caching it) reaches the driver naming the shard and the sample, instead of hanging
+    or training on the rest."""
     bad = root / f"bad-row-{cache}"
     shutil.copytree(train_data, bad)
     shard = Path(shard_paths(bad)[0])
