@@ -82,11 +82,11 @@ def occlusion_predictions(
             out = model(occluded.flatten(0, 1))  # (P*N, M, T, V, C) in
             logits = out[0] if isinstance(out, tuple) else out  # (P*N, K)
             preds = logits.argmax(-1).view(members.shape[0], -1).T  # (N, P)
-            all_labels.append(torch.as_tensor(labels).cpu())
-            all_preds.append(preds.cpu())
+            all_labels.append(torch.as_tensor(labels))
+            all_preds.append(preds)  # stays on the device: no wait per batch
     finally:
         model.train(was_training)
-    return torch.cat(all_labels), torch.cat(all_preds)
+    return torch.cat(all_labels).cpu(), torch.cat(all_preds).cpu()
 
 
 def compute_part_matrix(

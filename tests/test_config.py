@@ -30,7 +30,7 @@ def test_file_then_sets_override_in_order(tmp_path):
 
 
 @pytest.mark.parametrize(("sets", "message"), [
-    (["train.epoch=5"], "unknown setting train.epoch; known: train.bf16, train.cpus_per_worker, train.epochs"),
+    (["train.epoch=5"], "unknown setting train.epoch; known: train.bf16, train.compile, train.cpus_per_worker"),
     (["training.epochs=5"], "unknown section 'training'"),
     (["train.epochs=five"], "train.epochs: expected int, got 'five'"),
     (["train.use_gpu=maybe"], "train.use_gpu: expected true or false"),

@@ -20,7 +20,7 @@ from partkd.data.splits import read_split_columns, validation_split
 from partkd.data.transforms import transform_batch
 from partkd.layouts import get_grouping, get_layout
 from partkd.losses import global_msc_loss, kl_logit_loss, pmsc_loss
-from partkd.models import ModelOutput, create_model, model_input, part_pool
+from partkd.models import ModelOutput, PartPool, create_model, model_input, part_pool
 from partkd.part_matrix import compute_part_matrix
 from partkd.train.checkpoint import load_frozen_teacher, load_meta, load_model
 from partkd.train.config import load_config
@@ -29,7 +29,7 @@ from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, 
 from partkd.train.jobs import job_inputs, train_student, train_teacher
 from partkd.train.loop import EpochMeters, TeacherTask, train_epoch
 from partkd.train.objectives import OBJECTIVES, TeacherSide, get_objective, weighted_terms
-from partkd.train.session import LocalSession
+from partkd.train.session import LocalSession, autocast
 
 EPOCHS = 2
 XSUB_TRAIN = (1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38)  # NTU's, written out
@@ -103,7 +103,8 @@ def test_validation_top1_is_measured_on_the_slice(root, teacher):
     layout = get_layout(meta.model.layout)
     hits = total = 0
     for x, score, labels in side_batches(meta.data, "hq", layout.name, meta.data.splits(), "val"):
-        logits = model(model_input(torch.from_numpy(x), torch.from_numpy(score), layout)).logits
+        with autocast(torch.device("cpu")):  # at the precision the job validated at
+            logits = model(model_input(torch.from_numpy(x), torch.from_numpy(score), layout)).logits
         hits += int((logits.argmax(1).numpy() == labels).sum())
         total += len(labels)
     held_out = validation_split("xsub", read_split_columns(meta.data.path), VAL_FRACTION, 0)
@@ -124,7 +125,8 @@ def test_epoch_metrics_are_the_sample_weighted_means_of_the_steps(root, train_da
                           torch.Generator(), session.device)
     ce_sum = correct = count = 0.0
     for batch in batches:  # train mode: batch norm uses the batch's own statistics, as in the step
-        logits = model(model_input(batch["hq_x"], batch["hq_score"], get_layout("ntu25"))).logits
+        with session.autocast():  # the step's precision
+            logits = model(model_input(batch["hq_x"], batch["hq_score"], get_layout("ntu25"))).logits.float()
         ce_sum += F.cross_entropy(logits, batch["label"], reduction="sum").item()
         correct += (logits.argmax(1) == batch["label"]).sum().item()
         count += len(batch["label"])
@@ -297,9 +299,10 @@ def test_every_objective_is_its_loss_function(name):
     assert weighted_terms(kind, 3.0) == ({"loss/ce": 1.0, f"loss/{name}": 3.0} if kind.distills else {"loss/ce": 1.0})
     if not kind.distills:
         with pytest.raises(ValueError, match="distills nothing"):
-            kind.represent(out, grouping, layout)
+            kind.represent(out, PartPool(grouping, layout))
         return
-    student_repr, teacher_repr = kind.represent(out, grouping, layout), kind.represent(teacher, grouping, layout)
+    pool = PartPool(grouping, layout)
+    student_repr, teacher_repr = kind.represent(out, pool), kind.represent(teacher, pool)
     side = TeacherSide(teacher_repr, labels[:4], pair)
     matrix = torch.softmax(torch.randn(4, 5), 1)
     loss, undefined = kind.distillation(student_repr, labels, side, matrix, w=0.5, tau=0.7, kl_temperature=2.0)
@@ -322,25 +325,25 @@ def test_unknown_objective_is_refused_naming_the_known_ones():
 
 
 def test_bank_and_batch_give_the_same_loss_when_the_bank_holds_the_batch():
-    """Bank mode with no extra negatives and the batch's own HQ rows (stored in another order) is batch mode."""
+    """Bank mode with no extra negatives on a batch of paired rows (stored in another order) is batch mode."""
     torch.manual_seed(0)
     hq, lq, grouping = get_layout("ntu25"), get_layout("coco17"), get_grouping("paper5")
     teacher = create_model("stgcn", layout="ntu25", num_classes=4, base_channels=8, stage_blocks=(1, 1)).eval()
     student = create_model("stgcn", layout="coco17", num_classes=4, base_channels=8, stage_blocks=(1, 1))
     projection = torch.nn.Linear(16, 16)
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
-    has_hq = torch.tensor([True, True, False, True, True, False, True, True])  # two solitary rows
+    has_hq = torch.ones(8, dtype=torch.bool)
     keys = torch.tensor([91, -7, 12, 40, 5, 66, -30, 18])
     with torch.no_grad():
-        teacher_out = teacher(torch.randn(int(has_hq.sum()), 1, 12, 25, 3))
-    teacher_parts = part_pool(teacher_out.features, grouping, hq)  # (B_hq, P, C)
+        teacher_out = teacher(torch.randn(8, 1, 12, 25, 3))
+    teacher_parts = part_pool(teacher_out.features, grouping, hq)  # (B, P, C)
     student_parts = projection(part_pool(student(torch.randn(8, 1, 12, 17, 3)).features, grouping, lq))
     matrix = torch.rand(4, 5)
     pmsc = get_objective("pmsc")
 
     by_batch = hq_set_from_batch(teacher_parts, labels, has_hq)
-    shuffle = torch.randperm(int(has_hq.sum()))
-    bank = FeatureBank.from_rows(keys[has_hq][shuffle], teacher_parts[shuffle], labels[has_hq][shuffle])
+    shuffle = torch.randperm(8)
+    bank = FeatureBank.from_rows(keys[shuffle], teacher_parts[shuffle], labels[shuffle])
     by_bank = bank.hq_set(keys, has_hq, negatives=0, generator=torch.Generator().manual_seed(0))
 
     loss_batch, undefined_batch = pmsc.distillation(student_parts, labels, by_batch, matrix, 0.5, 1.0, 4.0)
@@ -350,18 +353,52 @@ def test_bank_and_batch_give_the_same_loss_when_the_bank_holds_the_batch():
     loss_batch.backward()  # the student side gets a gradient through the term
     assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
     # and the bank's lookup is the right one: each paired row sees its own HQ features
-    assert torch.equal(by_bank.representation[by_bank.pair_index[has_hq]], teacher_parts)
+    assert torch.equal(by_bank.representation[by_bank.pair_index], teacher_parts)
 
 
-def test_bank_negatives_never_repeat_a_pair_and_unknown_keys_are_refused():
+def test_batch_mode_pairs_each_row_with_its_own_hq_row_and_solitary_rows_with_none():
+    has_hq = torch.tensor([True, True, False, True, True, False, True, True])
+    side = hq_set_from_batch(torch.arange(6.0)[:, None], torch.arange(8) % 3, has_hq)
+    assert side.pair_index.tolist() == [0, 1, -1, 2, 3, -1, 4, 5]
+    assert side.labels.tolist() == [0, 1, 0, 1, 0, 1]  # the labels of the paired rows, in batch order
+
+
+def test_bank_set_has_a_fixed_size_and_its_random_entries_never_repeat_a_pair():
     keys = torch.arange(10) * 7 - 20
     bank = FeatureBank.from_rows(keys, torch.arange(10.0)[:, None], torch.arange(10) % 3)
-    batch_keys, has_hq = keys[[3, 5, 8]], torch.tensor([True, True, False])
+    batch_keys, has_hq = torch.stack([keys[3], keys[5], torch.tensor(999)]), torch.tensor([True, True, False])
     side = bank.hq_set(batch_keys, has_hq, negatives=200, generator=torch.Generator().manual_seed(1))
-    paired = side.representation[side.pair_index[has_hq]].squeeze(1)
-    assert paired.tolist() == [3.0, 5.0]
-    extra = side.representation[2:].squeeze(1)
-    assert len(extra) == 200 and not set(extra.tolist()) & {3.0, 5.0}  # the batch's own pairs are not drawn again
+    assert len(side.representation) == 3 + 200  # B + negatives, however many rows are paired
+    assert side.pair_index.tolist() == [0, 1, -1]
+    assert side.representation[:2].squeeze(1).tolist() == [3.0, 5.0]  # each paired row's own entry
+    extra = side.representation[2:].squeeze(1)  # the solitary row's slot and the negatives
+    assert not set(extra.tolist()) & {3.0, 5.0}  # the batch's own pairs are not drawn again
     assert set(extra.tolist()) == set(range(10)) - {3, 5}  # every other entry can be
+    assert torch.equal(side.labels, (side.representation.squeeze(1) % 3).long())
+    # a bank no larger than the batch's pairs: the random entries come from all of it
+    small = FeatureBank.from_rows(keys[:2], torch.arange(2.0)[:, None], torch.arange(2))
+    side = small.hq_set(keys[:2], torch.tensor([True, True]), negatives=50, generator=torch.Generator().manual_seed(0))
+    assert set(side.representation[2:].squeeze(1).tolist()) == {0.0, 1.0}
     with pytest.raises(RuntimeError, match="not in the bank"):
         bank.hq_set(torch.tensor([999]), torch.tensor([True]), negatives=0, generator=torch.Generator())
+
+
+
+
+def test_compile_setting_wraps_the_model_keeps_checkpoints_plain_and_falls_back_where_it_cannot(tmp_path, monkeypatch):
+    """``train.compile``: the worker's model is torch.compile's wrapper, a checkpoint holds the plain model's keys
+    (loadable with or without compile), and where torch.compile is unsupported the model runs eagerly with a
+    warning. (That the model traces as one graph: test_models.py.)"""
+    from partkd.train.checkpoint import unwrap
+    from partkd.train.config import TrainConfig
+    from partkd.train.session import compiled
+
+    model = create_model("stgcn", layout="ntu25", num_classes=4, base_channels=8, stage_blocks=(1, 1))
+    assert compiled(model, TrainConfig()) is model  # off by default
+    wrapped = compiled(model, TrainConfig(compile=True))
+    assert wrapped is not model and isinstance(wrapped, torch._dynamo.eval_frame.OptimizedModule)
+    assert unwrap(wrapped) is model
+    assert list(unwrap(wrapped).state_dict()) == list(model.state_dict())  # no "_orig_mod." prefix
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    with pytest.warns(UserWarning, match="train.compile: torch.compile is not supported here; training runs eagerly"):
+        assert compiled(model, TrainConfig(compile=True)) is model

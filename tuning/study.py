@@ -43,6 +43,7 @@ from partkd.train.config import JobConfig, LossConfig, load_config
 from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher
 from partkd.train.jobs import absolute_paths, ensure_ray, train_student, train_teacher
 from partkd.train.results import summarise
+from partkd.train.session import job_device
 from tuning.plots import log_search_plots
 from tuning.space import METRIC, TRIAL_DRIVER_CPUS, Study, StudyConfig, load_study, max_concurrent_trials, to_settings
 
@@ -169,7 +170,8 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: str, say) -> Study
     groupings = sorted({job.loss.grouping, PAPER_SETTINGS["loss.grouping"],
                         *getattr(study.space.get("loss.grouping"), "choices", ())})
     say(f"part matrices E ({', '.join(groupings)}) from the teacher's occlusion tests")
-    matrices = {g: str(part_matrix_for_teacher(teacher, job.data, g)) for g in groupings}
+    matrices = {g: str(part_matrix_for_teacher(teacher, job.data, g, device=job_device(job.train),
+                                                    bf16=job.train.bf16)) for g in groupings}
     for matrix in matrices.values():
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, matrix, "part_matrix")
     job = replace(job, teacher_checkpoint=str(teacher))
@@ -305,7 +307,8 @@ def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs:
         spec = result.config["finish"]
         seed = spec["settings"]["train.seed"]
         final = storage.join(job.train.storage_path, train_run_name(job.to_dict(), result.config, ""), "final")
-        for ev in evaluate_checkpoint(final):  # as it was trained: masks of its seed
+        # as it was trained: masks of its seed
+        for ev in evaluate_checkpoint(final, device=job_device(job.train), bf16=job.train.bf16):
             rows.append({"key": f"student_{spec['label']}", "model": labels[spec["label"]],
                          "skeleton": f"LQ {info['lq_layout']}", "op": ev.occlusion_prob, "seed": seed,
                          "top1": ev.top1, "top5": ev.top5})

@@ -21,6 +21,7 @@ def cmd_train(args) -> int:
     from partkd.train.evaluate import part_matrix_for_teacher
     from partkd.train.jobs import train_student, train_teacher
     from partkd.train.objectives import get_objective
+    from partkd.train.session import job_device
 
     extra = []
     if args.role == "student":
@@ -29,7 +30,8 @@ def cmd_train(args) -> int:
     job = _job_from_args(args, extra)
     if args.role == "student" and get_objective(job.loss.objective).needs_part_matrix and not job.part_matrix \
             and job.teacher_checkpoint:  # E of the teacher on this job's training rows (never its validation slice)
-        matrix = part_matrix_for_teacher(job.teacher_checkpoint, job.data, job.loss.grouping)
+        matrix = part_matrix_for_teacher(job.teacher_checkpoint, job.data, job.loss.grouping,
+                                         device=job_device(job.train), bf16=job.train.bf16)
         say(f"part matrix: {matrix}")
         job = replace(job, part_matrix=str(matrix))
     result = (train_teacher if args.role == "teacher" else train_student)(job, say, backend=args.backend)
@@ -55,7 +57,7 @@ def cmd_part_matrix(args) -> int:
     from partkd.train.evaluate import part_matrix_for_teacher
 
     path = part_matrix_for_teacher(args.teacher, _data_settings(args, args.teacher), args.grouping,
-                                   temperature=args.temperature, overwrite=args.overwrite)
+                                   temperature=args.temperature, device=args.device, overwrite=args.overwrite)
     print(f"E: {path}  heatmap: {path.removesuffix('.npy')}.png")
     return 0
 
@@ -117,12 +119,13 @@ def register(commands) -> None:
     p.add_argument("--grouping", default="paper5")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--overwrite", action="store_true", help="recompute even if cached beside the checkpoint")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is a GPU)")
     p.set_defaults(func=cmd_part_matrix)
 
     p = commands.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion on the test split at OPs")
     p.add_argument("checkpoint")
     _data_options(p)
     p.add_argument("--ops", default="0,0.3,0.6", help="occlusion probabilities")
-    p.add_argument("--device", default="cpu", help="e.g. cuda")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is a GPU)")
     p.add_argument("--confusion", help="write the OP-0 confusion matrix PNG here")
     p.set_defaults(func=cmd_evaluate)

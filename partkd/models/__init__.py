@@ -3,7 +3,7 @@
 from partkd.models.graph import hop_distance, normalize_digraph, spatial_partition
 from partkd.models.heads import ProjectionHead, Student
 from partkd.models.inputs import IN_CHANNELS, model_input
-from partkd.models.pooling import part_membership, part_pool
+from partkd.models.pooling import PartPool, part_membership, part_pool
 from partkd.models.registry import MODELS, ModelOutput, create_model, register_model
 from partkd.models.stgcn import STGCN, STGCNConfig, stgcn
 
@@ -12,6 +12,7 @@ __all__ = [
     "MODELS",
     "STGCN",
     "ModelOutput",
+    "PartPool",
     "ProjectionHead",
     "STGCNConfig",
     "Student",

@@ -86,8 +86,9 @@ class CheckpointMeta:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP wrapper."""
-    return model.module if hasattr(model, "module") else model
+    """The model inside its ``torch.compile`` and DDP wrappers (``train.compile``, several workers)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def save_checkpoint(directory: Path, model: nn.Module, meta: CheckpointMeta, optimizer=None, scheduler=None,

@@ -106,7 +106,8 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0  # leave CPUs for Ray Data: on a 2-core laptop, 2 workers x 0.5
     gpus_per_worker: float = 1.0  # with use_gpu; a fraction (< 1) lets one-worker jobs (study trials) share a GPU
-    bf16: bool = True  # autocast on GPU
+    bf16: bool = True  # bf16 autocast where the device computes it natively (CUDA; CPUs with AVX512-BF16 or AMX)
+    compile: bool = False  # torch.compile the model (eager where it cannot compile)
     max_failures: int = 1
     storage_path: str = "runs/ray"
     name: str = ""  # Ray Train run name; a job started again with the same name resumes

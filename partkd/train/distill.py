@@ -2,9 +2,10 @@
 skeletons a step compares with, and the term itself.
 
 ``loss.hq_source=batch`` (the paper) runs the teacher on the mini-batch's HQ skeletons every step and gathers them
-across DDP ranks. ``bank`` computes the teacher's representation of every HQ training sample once (the teacher is
-frozen, so they never change) and takes, each step, the batch's own pairs plus ``loss.bank_negatives`` random other
-entries of the whole bank.
+across DDP ranks (their count varies by rank, so the gather waits for the device once a step). ``bank`` computes the
+teacher's representation of every HQ training sample once (the teacher is frozen, so they never change) and takes,
+each step, a set of fixed size drawn on the device: the batch's own pairs plus random other entries of the whole
+bank. Nothing in a bank step waits for the device, and its shapes never change (what CUDA graphs need).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from partkd import storage
-from partkd.layouts import Layout, get_grouping, get_layout
-from partkd.models import ModelOutput, model_input
+from partkd.layouts import Layout, get_layout
+from partkd.models import ModelOutput, PartPool, model_input
 from partkd.train.checkpoint import load_frozen_teacher
 from partkd.train.config import JobConfig
 from partkd.train.objectives import TeacherSide, get_objective
@@ -47,11 +48,9 @@ def hq_set_from_batch(teacher_repr: Tensor, labels: Tensor, has_hq: Tensor) -> T
 
     ``teacher_repr`` (B_hq, ...) are this rank's paired rows in batch order; ``has_hq`` (B,) marks them.
     """
-    labels_hq = labels[has_hq]
     representation, offset = gather_rows(teacher_repr)
-    all_labels, _ = gather_rows(labels_hq)
-    pair_index = torch.full_like(labels, -1)
-    pair_index[has_hq] = offset + torch.arange(int(has_hq.sum()), device=labels.device)
+    all_labels, _ = gather_rows(labels[has_hq])
+    pair_index = torch.where(has_hq, offset + torch.cumsum(has_hq, 0) - 1, -1)  # (B,) k-th paired row -> offset + k
     return TeacherSide(representation, all_labels, pair_index)
 
 
@@ -70,23 +69,22 @@ class FeatureBank:
         return cls(keys[order], representation[order], labels[order])
 
     def hq_set(self, keys: Tensor, has_hq: Tensor, negatives: int, generator: torch.Generator) -> TeacherSide:
-        """The batch's own HQ entries (pairs) plus ``negatives`` other entries drawn from the whole bank.
+        """A set of ``B + negatives`` entries (``B`` the batch's rows): row ``i``'s own pair where it has one, else a
+        random entry, then ``negatives`` random entries, drawn on the device with ``generator``.
 
-        The extra entries never repeat a batch row's own pair (a copy of the pair would count as a positive).
+        The random entries never repeat a pair of the batch (a copy of the pair would count as a positive), unless
+        every entry is one (a bank no larger than the batch), when they are drawn from the whole bank.
         """
-        wanted = keys[has_hq]
-        rows = torch.searchsorted(self.keys, wanted).clamp(max=len(self.keys) - 1)  # (B_hq,)
-        missing = self.keys[rows] != wanted
-        if missing.any():
-            raise RuntimeError(f"bank mode: {int(missing.sum())} paired sample(s) of the batch are not in the bank "
-                               f"(first key {int(wanted[missing][0])}); the bank is built from the training split")
-        others = torch.ones(len(self.keys))
-        others[rows.cpu()] = 0
-        extra = (torch.multinomial(others, negatives, replacement=True, generator=generator) if others.any()
-                 else torch.zeros(0, dtype=torch.long)).to(rows.device)
-        chosen = torch.cat([rows, extra])  # (B_hq + negatives,)
-        pair_index = torch.full_like(keys, -1)
-        pair_index[has_hq] = torch.arange(len(rows), device=keys.device)
+        rows = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)  # (B,)
+        torch._assert_async((self.keys[rows] == keys).logical_or(~has_hq).all(),
+                            "bank mode: a paired sample of the batch is not in the bank; the bank is built from the "
+                            "training split")
+        is_pair = torch.zeros(len(self.keys), device=keys.device).index_add_(0, rows, has_hq.float())  # (NB,)
+        others = (is_pair == 0).float()
+        others = others + (others.sum() == 0)  # all pairs: draw from all (no host check, so no sync)
+        draws = torch.multinomial(others, len(keys) + negatives, replacement=True, generator=generator)
+        chosen = torch.cat([torch.where(has_hq, rows, draws[: len(keys)]), draws[len(keys):]])  # (B + negatives,)
+        pair_index = torch.where(has_hq, torch.arange(len(keys), device=keys.device), -1)
         return TeacherSide(self.representation[chosen], self.labels[chosen], pair_index)
 
 
@@ -95,11 +93,12 @@ class Distiller:
     teacher's (live on the batch, or from the bank), weighted by E for PMSC."""
 
     def __init__(self, job: JobConfig, session: WorkerSession, student_layout: Layout):
-        self.session, self.loss, self.student_layout = session, job.loss, student_layout
+        self.session, self.loss = session, job.loss
         self.objective = get_objective(job.loss.objective)
-        self.grouping = get_grouping(job.loss.grouping)
         self.teacher, teacher_meta = load_frozen_teacher(job.teacher_checkpoint, session.device)
         self.teacher_layout = get_layout(teacher_meta.model.layout)
+        self.teacher_pool = PartPool(job.loss.grouping, self.teacher_layout).to(session.device)
+        self.student_pool = PartPool(job.loss.grouping, student_layout).to(session.device)
         self.part_matrix = None
         if self.objective.needs_part_matrix:  # E: a .npy file, local or in an object store
             matrix = np.load(io.BytesIO(storage.read_bytes(job.part_matrix)))
@@ -109,7 +108,7 @@ class Distiller:
     def _teacher_repr(self, x: Tensor, score: Tensor) -> Tensor:
         with self.session.autocast():
             out = self.teacher(model_input(x, score, self.teacher_layout))
-        return self.objective.represent(out, self.grouping, self.teacher_layout)
+        return self.objective.represent(out, self.teacher_pool)
 
     @torch.no_grad()
     def _build_bank(self) -> FeatureBank:
@@ -138,7 +137,7 @@ class Distiller:
         """The term and its count of samples without one, from the student's output; ``projection`` maps compared
         features to the teacher's width."""
         scores = batch["lq_score"] if self.loss.mask_missing else None
-        student_repr = self.objective.represent(out, self.grouping, self.student_layout, scores)
+        student_repr = self.objective.represent(out, self.student_pool, scores)
         if self.objective.projects:
             student_repr = projection(student_repr)
         side = self.teacher_side(batch, generator)

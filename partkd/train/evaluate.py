@@ -25,8 +25,8 @@ from partkd.layouts import get_grouping, get_layout
 from partkd.models import model_input
 from partkd.part_matrix import compute_part_matrix, save_part_matrix
 from partkd.train.checkpoint import load_frozen_teacher, load_meta, load_model
-from partkd.train.config import DataConfig
-from partkd.train.session import JobInputs
+from partkd.train.config import DataConfig, TrainConfig
+from partkd.train.session import JobInputs, autocast, job_device
 
 
 def side_batches(data: DataConfig, side: str, layout: str, splits: Protocol | WithValidation, split: str,
@@ -57,38 +57,49 @@ def _legacy_data(function: str, data_path: str | os.PathLike, protocol: str, **s
     return DataConfig(path=str(data_path), protocol=protocol, **settings)
 
 
+def _device(device: str | torch.device | None) -> torch.device:
+    """``None``: the first GPU when there is one, else the CPU (a job passes :func:`job_device` of its settings)."""
+    return torch.device(device) if device is not None else job_device(TrainConfig(use_gpu=True))
+
+
 @torch.no_grad()
 def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig | None = None,
-                        occlusion_probs: Sequence[float] | None = None, *legacy_args, device: str = "cpu",
-                        batch_size: int = 64, **legacy_kwargs) -> list[Evaluation]:
+                        occlusion_probs: Sequence[float] | None = None, *legacy_args,
+                        device: str | torch.device | None = None, batch_size: int = 64, bf16: bool = True,
+                        **legacy_kwargs) -> list[Evaluation]:
     """Top-1/top-5, per-class accuracy and confusion matrix on the test split of ``data.protocol``, one
     :class:`Evaluation` per OP (default ``data.eval_occlusion_probs``). ``data`` defaults to the data settings the
-    checkpoint was trained with."""
+    checkpoint was trained with. The model runs on ``device`` (default: a GPU if there is one) at the precision
+    training takes there (``bf16``: :func:`autocast`); the counts stay on the device until the end."""
     if isinstance(data, (str, os.PathLike)):  # the old form: (checkpoint, data_path, protocol, occlusion_probs, ...)
         protocol, occlusion_probs = occlusion_probs, (legacy_args[0] if legacy_args else None)
         data = _legacy_data("evaluate_checkpoint", data, protocol, **legacy_kwargs)
+    device = _device(device)
     model, meta = load_model(checkpoint, device)
     data = data or meta.data
     side, layout = meta.side, get_layout(meta.model.layout)
     num_classes = meta.model.num_classes
     results = []
     for prob in data.eval_occlusion_probs if occlusion_probs is None else occlusion_probs:
-        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-        top5_hits = 0
+        counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)  # confusion, flattened
+        top5_hits = torch.zeros((), dtype=torch.long, device=device)
         for x, score, labels in side_batches(data, side, layout.name, get_protocol(data.protocol), "test", prob,
                                              batch_size):
-            inputs = model_input(torch.from_numpy(x), torch.from_numpy(score), layout).to(device)
-            logits = model(inputs).logits.float().cpu()
-            top = logits.topk(min(5, num_classes), dim=1).indices.numpy()  # (N, 5)
-            np.add.at(confusion, (labels, top[:, 0]), 1)
-            top5_hits += int((top == labels[:, None]).any(1).sum())
+            inputs = model_input(torch.from_numpy(x), torch.from_numpy(score), layout).to(device, non_blocking=True)
+            labels = torch.from_numpy(labels).to(device, non_blocking=True)
+            with autocast(device, bf16):
+                logits = model(inputs).logits
+            top = logits.float().topk(min(5, num_classes), dim=1).indices  # (N, 5)
+            counts += torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes**2)
+            top5_hits += (top == labels[:, None]).any(1).sum()
+        confusion = counts.view(num_classes, num_classes).cpu().numpy()
         total = int(confusion.sum())
         if total == 0:
             raise ValueError(f"{data.path}: the {data.protocol} test split has no sample with a {side} side")
         with np.errstate(invalid="ignore"):
             per_class = np.diag(confusion) / confusion.sum(1)
-        results.append(Evaluation(prob, float(np.trace(confusion) / total), top5_hits / total, per_class, confusion,
-                                  total))
+        results.append(Evaluation(prob, float(np.trace(confusion) / total), int(top5_hits) / total, per_class,
+                                  confusion, total))
     return results
 
 
@@ -111,14 +122,17 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
 
 
 def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | None = None, grouping: str = "paper5",
-                            *legacy_args, temperature: float = 1.0, device: str = "cpu", batch_size: int = 32,
-                            overwrite: bool = False, **legacy_kwargs) -> str:
+                            *legacy_args, temperature: float = 1.0, device: str | torch.device | None = None,
+                            batch_size: int = 32, bf16: bool = True, overwrite: bool = False,
+                            **legacy_kwargs) -> str:
     """E for (teacher, grouping) from the HQ training rows of ``data`` (default: the data the teacher was trained
     on), cached beside the checkpoint as .npy + heatmap PNG.
 
     The rows are ``data.splits()``'s training split: with ``data.val_fraction`` the seeded validation slice is left
     out, so a job validated on the slice is measured on samples that shaped neither the teacher nor E. The cache file
-    names every input that changes E: grouping, temperature, protocol (and slice), frames and persons.
+    names every input that changes E: grouping, temperature, protocol (and slice), frames and persons. The teacher
+    runs on ``device`` (default: a GPU if there is one) at the training precision there, the P occluded copies of a
+    batch as one batch of ``P * batch_size``.
     """
     if isinstance(data, (str, os.PathLike)):  # the old form: (teacher, data_path, protocol, grouping, ...)
         protocol, grouping = grouping, (legacy_args[0] if legacy_args else "paper5")
@@ -129,7 +143,8 @@ def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | N
     target = storage.join(teacher_checkpoint, name)
     if storage.exists(target) and not overwrite:
         return target
-    teacher, meta = load_frozen_teacher(teacher_checkpoint, torch.device(device))
+    device = _device(device)
+    teacher, meta = load_frozen_teacher(teacher_checkpoint, device)
     layout = get_layout(meta.model.layout)
     batches = (
         (model_input(torch.from_numpy(x), torch.from_numpy(score), layout), torch.from_numpy(labels))
@@ -137,8 +152,9 @@ def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | N
                                              batch_size=batch_size)
     )
     grouping_obj = get_grouping(grouping)
-    matrix = compute_part_matrix(teacher, batches, grouping_obj, layout, meta.model.num_classes, temperature,
-                                 torch.device(device))
+    with autocast(device, bf16):
+        matrix = compute_part_matrix(teacher, batches, grouping_obj, layout, meta.model.num_classes, temperature,
+                                     device)
     with storage.staged(teacher_checkpoint) as folder:
         save_part_matrix(matrix, folder / name, load_info(data.path)["class_names"], list(grouping_obj.part_names))
     return target

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from partkd.layouts import Grouping, Layout, UnknownNameError
+from partkd.layouts import UnknownNameError
 from partkd.losses import global_msc_terms, kl_logit_loss, pmsc_terms
-from partkd.models import ModelOutput, part_pool
+from partkd.models import ModelOutput, PartPool
 
 REPRESENTATIONS = ("", "parts", "global", "logits")  # "": no distillation
 
@@ -50,11 +50,12 @@ class Objective:
         """The logged name of the distillation term ("" for none)."""
         return f"loss/{self.name}" if self.distills else ""
 
-    def represent(self, out: ModelOutput, grouping: Grouping, layout: Layout, scores: Tensor | None = None) -> Tensor:
-        """What the term compares, from a model's output: part features ``(N, P, C)`` (``scores`` mask missing
-        joints), global features ``(N, C)`` or logits ``(N, K)``; float32 whatever the autocast dtype."""
+    def represent(self, out: ModelOutput, pool: PartPool, scores: Tensor | None = None) -> Tensor:
+        """What the term compares, from a model's output: part features ``(N, P, C)`` by ``pool`` (the model's
+        layout; ``scores`` mask missing joints), global features ``(N, C)`` or logits ``(N, K)``; float32 whatever
+        the autocast dtype."""
         if self.representation == "parts":
-            return part_pool(out.features.float(), grouping, layout, scores)  # (N, P, C)
+            return pool(out.features.float(), scores)  # (N, P, C)
         if self.representation == "global":
             return out.features.float().mean((2, 3))  # (N, C): over T' and V
         if self.representation == "logits":

@@ -20,6 +20,7 @@ from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, 
 from partkd.train.jobs import JobResult, absolute_paths, check_backend, train_student, train_teacher
 from partkd.train.objectives import get_objective
 from partkd.train.results import results_table
+from partkd.train.session import job_device
 
 # Small model, short sequences, one person (the synthetic actions are single-person; DESIGN §9 keeps the paper's
 # defaults for real runs): "full" is the demo and the synthetic benchmark, "smoke" the same stages in about a minute.
@@ -86,7 +87,8 @@ def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, .
     say(f"      val top-1 {100 * teacher.metrics['val/top1']:.1f}%   checkpoint {teacher.checkpoint}")
 
     say(f"[2/{stages}] part matrix E ({job.loss.grouping}) from teacher occlusion tests")
-    part_matrix = part_matrix_for_teacher(teacher.checkpoint, job.data, job.loss.grouping)
+    part_matrix = part_matrix_for_teacher(teacher.checkpoint, job.data, job.loss.grouping,
+                                          device=job_device(job.train), bf16=job.train.bf16)
     for file in (part_matrix, part_matrix.removesuffix(".npy") + ".png"):
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, file, "part_matrix")
 
@@ -106,7 +108,8 @@ def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, .
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for key, label, result, skeleton, probs in models:
-            for ev in evaluate_checkpoint(result.checkpoint, occlusion_probs=probs):
+            for ev in evaluate_checkpoint(result.checkpoint, occlusion_probs=probs, device=job_device(job.train),
+                                          bf16=job.train.bf16):
                 rows.append({"key": key, "model": label, "skeleton": skeleton, "op": ev.occlusion_prob,
                              "top1": ev.top1, "top5": ev.top5})
                 if ev.occlusion_prob == 0.0:

@@ -10,10 +10,12 @@ Either logs each epoch's metrics to the job's MLflow run from rank 0.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from partkd import tracking
 from partkd.data.raydata import SideTransform, read_shards
 from partkd.data.shards import iter_batches
 from partkd.data.splits import Protocol, WithValidation
-from partkd.train.config import JobConfig
+from partkd.train.config import JobConfig, TrainConfig
 
 # ``<storage>/<name>/checkpoint_*``: Ray Train's checkpoint folders, and the local session's (epoch-numbered)
 CHECKPOINT_GLOB = "checkpoint_*"
@@ -40,9 +42,42 @@ CHECKPOINTS_KEPT = 2
 CACHE_SHARE = 0.1
 
 
+@functools.cache
+def native_bf16(device_type: str) -> bool:
+    """Whether ``device_type`` computes bf16 natively: a CUDA GPU that supports it, or an x86 CPU with AVX512-BF16 or
+    AMX. Elsewhere bf16 is emulated and slower than fp32, so training stays in fp32."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(check() for check in checks if check is not None)
+    return False
+
+
 def autocast(device: torch.device, bf16: bool = True):
-    """bf16 autocast on a CUDA device (when ``bf16``); a no-op elsewhere. The one place the dtype is chosen."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+    """bf16 autocast (when ``bf16``) on a device that computes bf16 natively (:func:`native_bf16`); a no-op
+    elsewhere. The one place the dtype is chosen: training, evaluation, E and the benchmark all take it."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and native_bf16(device.type))
+
+
+def job_device(train: TrainConfig) -> torch.device:
+    """Where a job's in-process work runs (the local session, evaluation, E): the first GPU with ``train.use_gpu``
+    when there is one, else the CPU."""
+    return torch.device("cuda" if train.use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def compiled(model: nn.Module, train: TrainConfig) -> nn.Module:
+    """``train.compile``: the model through ``torch.compile``; where it cannot compile (no C++ compiler for the CPU
+    backend, an unsupported Python or platform) the same model runs eagerly, with one warning saying why."""
+    if not train.compile:
+        return model
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        warnings.warn("train.compile: torch.compile is not supported here; training runs eagerly", stacklevel=2)
+        return model
+    torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly instead (logged once)
+    return torch.compile(model)
 
 
 @dataclass(frozen=True)
@@ -166,7 +201,7 @@ class RaySession(WorkerSession):
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(model)
+        return compiled(ray.train.torch.prepare_model(model), self.job.train)
 
     @contextlib.contextmanager
     def restored(self) -> Iterator[Path | None]:
@@ -204,8 +239,7 @@ class LocalSession(WorkerSession):
     """
 
     def __init__(self, job: JobConfig, inputs: JobInputs, folder: Path):
-        use_gpu = job.train.use_gpu and torch.cuda.is_available()
-        super().__init__(job, 0, 1, torch.device("cuda" if use_gpu else "cpu"))
+        super().__init__(job, 0, 1, job_device(job.train))
         self.inputs, self.folder = inputs, Path(folder)
         self.last_metrics: dict = {}
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -221,7 +255,7 @@ class LocalSession(WorkerSession):
             yield {key: torch.from_numpy(values[rows]).to(self.device) for key, values in arrays.items()}
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        return model.to(self.device)
+        return compiled(model.to(self.device), self.job.train)
 
     @contextlib.contextmanager
     def restored(self) -> Iterator[Path | None]:
