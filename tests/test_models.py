@@ -13,12 +13,14 @@ from partkd.losses import pmsc_loss
 from partkd.models import (
     MODELS,
     STGCN,
+    PartPool,
     STGCNConfig,
     create_model,
     hop_distance,
     part_pool,
     spatial_partition,
 )
+from partkd.train.session import autocast, native_bf16
 
 SMALL = dict(base_channels=8, stage_blocks=(1, 1, 1))
 
@@ -243,50 +245,60 @@ def test_part_pool_leaves_out_missing_joints():
     )
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_bf16_autocast_matches_fp32():
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_bf16_training_step_matches_fp32_within_tolerance(device):
+    """The precision training takes where the device computes bf16 natively (``train.bf16``, on by default): logits
+    within 0.05, the loss within 2 %, the gradient's cosine to the fp32 step's above 0.95 (0.973 measured on the
+    2-core AMX CPU: bf16's 8-bit mantissa over ten blocks of a freshly initialised model, batch 4)."""
+    if not native_bf16(device):
+        pytest.skip(f"{device}: no native bf16 here (training stays in fp32)")
     torch.manual_seed(0)
-    model = create_model("stgcn", layout="coco17", num_classes=10, in_channels=3).cuda()
-    x = torch.randn(4, 2, 32, 17, 3, device="cuda")
-    teacher_parts = torch.randn(4, 5, model.out_channels, device="cuda")
-    labels, pair = torch.tensor([0, 1, 2, 1], device="cuda"), torch.tensor([0, 1, 2, 3], device="cuda")
-    part_matrix = torch.full((10, 5), 0.2, device="cuda")
+    model = create_model("stgcn", layout="coco17", num_classes=10, in_channels=3, dropout=0.0).to(device)
+    x = torch.randn(4, 2, 32, 17, 3, device=device)
+    teacher_parts = torch.randn(4, 5, model.out_channels, device=device)
+    labels, pair = torch.tensor([0, 1, 2, 1], device=device), torch.tensor([0, 1, 2, 3], device=device)
+    part_matrix = torch.full((10, 5), 0.2, device=device)
 
-    def step(autocast: bool):
+    def step(bf16: bool):
         model.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with autocast(torch.device(device), bf16):
             logits, features = model(x)
             loss = torch.nn.functional.cross_entropy(logits.float(), labels) + pmsc_loss(
-                part_pool(features, "paper5", "coco17"), teacher_parts, labels, labels, pair, part_matrix
+                part_pool(features.float(), "paper5", "coco17"), teacher_parts, labels, labels, pair, part_matrix
             )
         loss.backward()
         grad = torch.cat([p.grad.flatten() for p in model.parameters()])
-        return logits.float(), loss, grad
+        return logits, loss, grad
 
     logits32, loss32, grad32 = step(False)
     logits16, loss16, grad16 = step(True)
+    assert logits32.dtype == torch.float32 and logits16.dtype == torch.bfloat16  # autocast did take effect
     assert torch.isfinite(grad16).all()
-    torch.testing.assert_close(logits16, logits32, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(logits16.float(), logits32, rtol=0.05, atol=0.05)
     torch.testing.assert_close(loss16, loss32, rtol=0.02, atol=0.02)
-    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.98
+    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.95
 
 
 def test_bench_smoke_and_its_json_for_the_reference_script(tmp_path, capsys):
-    """``partkd bench train --json FILE``: the object bench_vs_reference.py reads, each entry at the CPU's training
-    precision (fp32), its TFLOP/s the FLOP count of that step over its median time."""
+    """``partkd bench train --json FILE``: the object bench_vs_reference.py reads, each entry at the device's training
+    precision, its TFLOP/s the FLOP count of that step over its median time. (The data path: test_raydata.py.)"""
     import json
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from partkd.bench.train import SHAPES, main, run_train_bench
+    from partkd.bench.train import SHAPES, main, run_train_bench, training_dtype
 
     rows = run_train_bench(shapes=("tiny",), dtypes=("fp32",), steps=2, warmup=1, device="cpu")
-    assert {r["step"] for r in rows} == {"teacher_step", "student_kd_batch", "student_kd_bank", "inference"}
-    assert all(r["samples_per_s"] > 0 for r in rows)
-    main(["--shapes", "tiny", "--steps", "2", "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "b.json")])
+    assert [r["step"] for r in rows] == ["teacher_step", "student_kd_batch", "student_kd_bank", "inference",
+                                         "part_matrix"]
+    assert all(r["samples_per_s"] > 0 and r["dtype"] == "fp32" and not r["compile"] for r in rows)
+    main(["--shapes", "tiny", "--steps", "2", "--warmup", "1", "--device", "cpu", "--no-data-path",
+          "--json", str(tmp_path / "b.json")])
     report = json.loads((tmp_path / "b.json").read_text())
-    assert (report["dtype"], report["shape"], report["device"]) == ("fp32", "tiny", "cpu")
-    assert report["torch"] == torch.__version__ and set(report["not_measured"]) == {"part_matrix", "data_path"}
+    cpu = torch.device("cpu")
+    assert (report["dtype"], report["shape"], report["device"]) == (training_dtype(cpu), "tiny", "cpu")
+    assert report["dtype"] == ("bf16" if native_bf16("cpu") else "fp32")
+    assert report["torch"] == torch.__version__ and set(report["not_measured"]) == {"data_path"}
     shape = SHAPES["tiny"]
     teacher = create_model("stgcn", layout="ntu25", num_classes=60, **shape.model).train()  # the step, literally
     x = torch.randn(shape.batch, shape.persons, shape.frames, 25, 3)
@@ -296,11 +308,13 @@ def test_bench_smoke_and_its_json_for_the_reference_script(tmp_path, capsys):
     assert entry["gflop_per_sample"] == pytest.approx(counter.get_total_flops() / shape.batch / 1e9)
     assert entry["tflops"] == pytest.approx(entry["gflop_per_sample"] * entry["samples_per_s"] / 1e3)
     assert report["inference"]["gflop_per_sample"] < entry["gflop_per_sample"] / 2  # a forward alone
+    e = report["part_matrix"]  # a forward per part (paper5: 5) of each clip
+    assert e["gflop_per_sample"] == pytest.approx(5 * report["inference"]["gflop_per_sample"])
+    assert e["seconds_for_40k_clips"] == pytest.approx(40_000 / e["samples_per_s"])
     assert "JSON: " in capsys.readouterr().out
     with pytest.warns(DeprecationWarning, match="moved to partkd.bench.train.run_train_bench"):
         from partkd.bench import run_train_bench as alias  # the module's name before 0.2, for one release
     assert alias is run_train_bench
-
 
 
 def test_projection_head_and_its_deprecated_alias():
@@ -314,3 +328,28 @@ def test_projection_head_and_its_deprecated_alias():
     with pytest.warns(DeprecationWarning, match="moved to partkd.models.ProjectionHead"):
         from partkd.losses import ProjectionHead as alias
     assert alias is ProjectionHead
+
+
+def test_model_and_part_pooling_trace_as_one_graph_for_torch_compile():
+    """``train.compile``: the backbone and the part pooling of a step are one graph (``fullgraph=True`` fails on any
+    break), at the training precision, and the traced forward and backward equal the eager ones. The ``aot_eager``
+    backend traces without generating code: inductor's code generation takes ~55 s on the 2-core machine."""
+    torch.manual_seed(0)
+    model = create_model("stgcn", layout="ntu25", num_classes=4, base_channels=8, stage_blocks=(1, 1), dropout=0.0)
+    pool = PartPool("paper5", "ntu25")
+
+    def forward(x):
+        out = model(x)
+        return out.logits.float(), pool(out.features.float())
+
+    x = torch.randn(4, 1, 12, 25, 3)
+    traced = torch.compile(forward, backend="aot_eager", fullgraph=True)
+    results = []
+    for fn in (traced, forward):
+        model.zero_grad()
+        with autocast(torch.device("cpu")):  # as a step enters it: around the compiled model
+            logits, parts = fn(x)
+        (logits.square().sum() + parts.square().sum()).backward()
+        results.append((logits, parts, model.blocks[0].gcn.conv.weight.grad.clone()))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import make_sample
 
 from partkd.data import DatasetWriter, iter_samples, split_filter
@@ -93,3 +94,27 @@ def test_cached_dataset_reaches_each_worker_as_an_equal_part_the_same_every_epoc
     assert [ids(rank) for rank in range(3)] == parts  # a second epoch: the same rows, in the same order
     with pytest.raises(RuntimeError, match="split for 3 workers, the job has 2"):
         config.configure({"train": cached}, 2, None, None)
+
+
+def test_data_path_benchmark_delivers_the_whole_training_split_and_reports_who_keeps_up(ray_session, tmp_path):
+    """``partkd bench train``'s data_path: Ray Data's epoch of a job's training split, to the device, per CPU count;
+    the JSON names the fewest CPUs whose rate reaches the teacher step's."""
+    from partkd.bench.data import write_shaped_dataset
+    from partkd.bench.train import json_report, run_data_path_bench, training_dtype
+    from partkd.data.shards import load_info
+    from partkd.train.config import DataConfig, JobConfig
+    from partkd.train.jobs import job_inputs
+
+    path = write_shaped_dataset(tmp_path / "data", samples=24, frames=16, persons=2)
+    rows = run_data_path_bench("tiny", "cpu", cpus=(1, 2), epochs=2, path=path)
+    job = JobConfig(data=DataConfig(path=str(path), protocol="xsub", frames=16, persons=2, batch_size=4))
+    in_process = job_inputs(job, load_info(path), ("hq", "lq"), "lq").arrays("train")  # the same split, no Ray
+    assert [r["cpus"] for r in rows] == [1, 2]
+    assert all(r["samples"] == len(in_process["label"]) > 0 for r in rows)
+    assert all(r["samples_per_s"] > 0 and r["epoch_s_min"] <= r["epoch_s_max"] for r in rows)
+    step = {"step": "teacher_step", "shape": "tiny", "dtype": training_dtype(torch.device("cpu")), "compile": False,
+            "samples_per_s": 50.0}
+    rates = [dict(rows[0], samples_per_s=40.0), dict(rows[1], samples_per_s=60.0)]  # 2 CPUs keep up, 1 does not
+    data = json_report([step], rates, torch.device("cpu"))["data_path"]
+    assert (data["cpus_to_keep_up"], data["cpus"], data["samples_per_s"]) == (2, 2, 60.0)
+    assert data["per_cpus"] == {"1": 40.0, "2": 60.0} and data["over_teacher_step"] == pytest.approx(1.2)
