@@ -251,7 +251,7 @@ def test_bf16_training_step_matches_fp32_within_tolerance(device):
     within 0.05, the loss within 2 %, the gradient's cosine to the fp32 step's above 0.95 (0.973 measured on the
     2-core AMX CPU: bf16's 8-bit mantissa over ten blocks of a freshly initialised model, batch 4)."""
     if not native_bf16(device):
-        pytest.skip(f"{device}: no native bf16 here (training stays in fp32)")
+        pytest.skip(f"{device}: absent, or without native bf16 (training stays in fp32 there)")
     torch.manual_seed(0)
     model = create_model("stgcn", layout="coco17", num_classes=10, in_channels=3, dropout=0.0).to(device)
     x = torch.randn(4, 2, 32, 17, 3, device=device)

@@ -41,7 +41,7 @@ from partkd.part_matrix import occlusion_predictions
 from partkd.train.checkpoint import CheckpointMeta, ModelSpec, save_checkpoint
 from partkd.train.config import DataConfig, JobConfig, LossConfig, ModelConfig, TrainConfig
 from partkd.train.loop import StudentTask, TeacherTask, make_optimizer, seed_epoch, train_step
-from partkd.train.session import WorkerSession, compiled, native_bf16
+from partkd.train.session import WorkerSession, compiled, native_bf16, torch_batch_options
 
 TEACHER_LAYOUT, STUDENT_LAYOUT, NUM_CLASSES = "ntu25", "coco17", 60
 E_CLIPS = 40_000  # the part-matrix bar: E of 40,000 HQ clips
@@ -268,7 +268,7 @@ def run_data_path_bench(shape_name: str, device: str | torch.device | None = Non
                 times, samples = [], 0
                 for _ in range(epochs):
                     start, samples = time.perf_counter(), 0
-                    for batch in dataset.iter_torch_batches(batch_size=shape.batch, device=device):
+                    for batch in dataset.iter_torch_batches(batch_size=shape.batch, **torch_batch_options(device)):
                         samples += len(batch["label"])
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
@@ -334,7 +334,7 @@ def format_rows(rows: list[dict], data_rows: Sequence[dict] = ()) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="partkd bench train", description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=None, help=f"comma list of {', '.join(SHAPES)} (default: cpu, +ntu on GPU)")
     parser.add_argument("--dtypes", default=None, help="comma list of bf16, fp32 (default: the training precision "
                                                        "on the device)")

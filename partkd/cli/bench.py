@@ -50,9 +50,9 @@ def register(commands) -> None:
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
     p.set_defaults(func=cmd_bench_data)
-    p = bench.add_parser("train", help="teacher and student KD training steps (samples/s); "
-                                       "options: --shapes cpu,ntu,tiny --dtypes fp32,bf16 --steps --warmup --device",
-                         add_help=False)
+    p = bench.add_parser("train", help="the training path's throughput (samples/s): steps, inference, E, data path; "
+                                       "options: --shapes cpu,ntu,tiny --dtypes bf16,fp32 --compile off,on --steps "
+                                       "--warmup --device --no-data-path --data-cpus --json FILE", add_help=False)
     p.set_defaults(func=cmd_bench_train, passthrough=True)  # its options go to partkd.bench.train
     p = bench.add_parser("kd", help="the synthetic benchmark: teacher and students over seeds, mean +- std at each OP")
     p.add_argument("--out", default="runs/bench-kd", help="working directory (datasets, checkpoints, results)")

@@ -44,7 +44,13 @@ class STGCNConfig:
 
 
 class GraphConv(nn.Module):
-    """Spatial graph convolution: a 1x1 conv to ``K * C_out`` channels, then each partition mixes the joints."""
+    """Spatial graph convolution: a 1x1 conv to ``K * C_out`` channels, then each partition mixes the joints.
+
+    The mixing stays an einsum, the most readable of the three forms measured (forward + backward of the op alone,
+    ``(32, 3, C, T, 25)``, 2-core AMX CPU, medians of 20): in bf16, the CPU's training precision, einsum, a reshaped
+    matmul and one flattened ``(K*V, V)`` matmul were within 2 % of each other (48-49 ms); in fp32 the matmuls were
+    4-24 % faster on this op, a few per cent of a step. On a GPU: not measured.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, num_subsets: int):
         super().__init__()

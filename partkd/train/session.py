@@ -139,6 +139,20 @@ class JobInputs:
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
+def torch_batch_options(device: torch.device) -> dict:
+    """How Ray Data's ``iter_torch_batches`` delivers a worker's batches: on a GPU pinned, copied without blocking
+    and two prepared ahead of the step."""
+    gpu = device.type == "cuda"
+    return {"device": device, "pin_memory": gpu, "prefetch_batches": 2 if gpu else 1}
+
+
+def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """To a GPU through pinned memory without blocking the host; elsewhere as it is."""
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class WorkerSession:
     """One worker's view of its job: rank, device, data, checkpoints and reports."""
 
@@ -195,8 +209,8 @@ class RaySession(WorkerSession):
 
         size = self.job.data.batch_size
         return ray.train.get_dataset_shard(split).iter_torch_batches(
-            batch_size=size, device=self.device, local_shuffle_buffer_size=4 * size if shuffle else None,
-            local_shuffle_seed=self.shuffle_seed(epoch) if shuffle else None)
+            batch_size=size, local_shuffle_buffer_size=4 * size if shuffle else None,
+            local_shuffle_seed=self.shuffle_seed(epoch) if shuffle else None, **torch_batch_options(self.device))
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -252,7 +266,7 @@ class LocalSession(WorkerSession):
         order = np.random.default_rng(self.shuffle_seed(epoch)).permutation(count) if shuffle else np.arange(count)
         for start in range(0, count, size):
             rows = order[start:start + size]
-            yield {key: torch.from_numpy(values[rows]).to(self.device) for key, values in arrays.items()}
+            yield {key: _to_device(torch.from_numpy(values[rows]), self.device) for key, values in arrays.items()}
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return compiled(model.to(self.device), self.job.train)
