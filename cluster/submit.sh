@@ -53,6 +53,7 @@ except (urllib.error.URLError, OSError) as err:
 excludes = ["/data/", "/.venv/", "/runs/", "/mlruns/", "/mlartifacts/", "/mlflow.db", "/demo-data/", "/.whl/", "/.git/",
             "__pycache__/", ".pytest_cache/", ".ruff_cache/", "*.egg-info/"]
 env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI",) if os.environ.get(k)}
+env["MLFLOW_DISABLE_TELEMETRY"] = os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")  # see partkd/__init__.py
 print(json.dumps({"excludes": excludes, "env_vars": env}))
 PY
 ) || exit 2
