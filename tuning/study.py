@@ -170,8 +170,7 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: str, say) -> Study
     groupings = sorted({job.loss.grouping, PAPER_SETTINGS["loss.grouping"],
                         *getattr(study.space.get("loss.grouping"), "choices", ())})
     say(f"part matrices E ({', '.join(groupings)}) from the teacher's occlusion tests")
-    matrices = {g: str(part_matrix_for_teacher(teacher, job.data, g, device=job_device(job.train),
-                                                    bf16=job.train.bf16)) for g in groupings}
+    matrices = {g: str(part_matrix_for_teacher(teacher, job.data, g, device=job_device(job.train))) for g in groupings}
     for matrix in matrices.values():
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, matrix, "part_matrix")
     job = replace(job, teacher_checkpoint=str(teacher))
@@ -308,7 +307,7 @@ def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs:
         seed = spec["settings"]["train.seed"]
         final = storage.join(job.train.storage_path, train_run_name(job.to_dict(), result.config, ""), "final")
         # as it was trained: masks of its seed
-        for ev in evaluate_checkpoint(final, device=job_device(job.train), bf16=job.train.bf16):
+        for ev in evaluate_checkpoint(final, device=job_device(job.train)):
             rows.append({"key": f"student_{spec['label']}", "model": labels[spec["label"]],
                          "skeleton": f"LQ {info['lq_layout']}", "op": ev.occlusion_prob, "seed": seed,
                          "top1": ev.top1, "top5": ev.top5})

@@ -194,6 +194,7 @@ def run_train_bench(
     warmup: int = 2,
     device: str | torch.device | None = None,
     compile_modes: Sequence[bool] = (False,),
+    kinds: Sequence[str] = tuple(STEP_KINDS),
 ) -> list[dict]:
     """Time the training path's steps; one row per (shape, dtype, compile, kind).
 
@@ -203,6 +204,8 @@ def run_train_bench(
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtypes = dtypes or [training_dtype(device)]
+    if "bf16" in dtypes and not native_bf16(device.type):
+        raise ValueError(f"{device.type} computes no bf16 natively, so training runs fp32 there: leave bf16 out")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape_name in shapes:
@@ -210,14 +213,13 @@ def run_train_bench(
             for dtype in dtypes:
                 for compile_ in compile_modes:
                     folder = Path(tmp) / f"{shape_name}-{dtype}-{compile_}"
-                    for kind, build in STEP_KINDS.items():
+                    for kind in kinds:
+                        build = STEP_KINDS[kind]
                         torch.manual_seed(0)
                         args = (kind,) if build is _training_step else ()
                         step = build(*args, shape, dtype, compile_, device, folder)
-                        for _ in range(warmup):  # compiles, if asked, before counting or timing
-                            step()
+                        times = _time_steps(step, steps, warmup, device)  # the warm-up compiles, if asked
                         flops = step_flops(step)
-                        times = _time_steps(step, steps, warmup, device)
                         median = statistics.median(times)
                         rows.append(
                             dict(step=kind, shape=shape_name, batch=shape.batch, frames=shape.frames,
@@ -339,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dtypes", default=None, help="comma list of bf16, fp32 (default: the training precision "
                                                        "on the device)")
     parser.add_argument("--compile", default="off", help="off, on or off,on: train.compile for the steps")
+    parser.add_argument("--kinds", default=",".join(STEP_KINDS), help="comma list of the entries to time (default: "
+                                                                      "all)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default=None)
@@ -358,13 +362,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(m not in modes for m in args.compile.split(",")):
         parser.error(f"--compile takes off, on or off,on, not {args.compile!r}")
     compile_modes = [modes[m] for m in args.compile.split(",")]
+    kinds = args.kinds.split(",")
+    if any(k not in STEP_KINDS for k in kinds):
+        parser.error(f"--kinds takes a comma list of {', '.join(STEP_KINDS)}")
     dtypes = args.dtypes.split(",") if args.dtypes else None
+    if dtypes and "bf16" in dtypes and not native_bf16(device.type):
+        parser.error(f"{device.type} computes no bf16 natively (training runs fp32 there): leave bf16 out")
     if args.json and dtypes and training_dtype(device) not in dtypes:
         parser.error(f"--json reports the training precision on {device.type}, {training_dtype(device)}: "
                      "include it in --dtypes")
     if args.json and False not in compile_modes:
         parser.error("--json reports the default path (train.compile off): include off in --compile")
-    rows = run_train_bench(shapes, dtypes, args.steps, args.warmup, device, compile_modes)
+    rows = run_train_bench(shapes, dtypes, args.steps, args.warmup, device, compile_modes, kinds)
     data_rows = [] if args.no_data_path else run_data_path_bench(
         shapes[0], device, [int(c) for c in args.data_cpus.split(",")] if args.data_cpus else ())
     print(format_rows(rows, data_rows))

@@ -31,7 +31,7 @@ def cmd_train(args) -> int:
     if args.role == "student" and get_objective(job.loss.objective).needs_part_matrix and not job.part_matrix \
             and job.teacher_checkpoint:  # E of the teacher on this job's training rows (never its validation slice)
         matrix = part_matrix_for_teacher(job.teacher_checkpoint, job.data, job.loss.grouping,
-                                         device=job_device(job.train), bf16=job.train.bf16)
+                                         device=job_device(job.train))
         say(f"part matrix: {matrix}")
         job = replace(job, part_matrix=str(matrix))
     result = (train_teacher if args.role == "teacher" else train_student)(job, say, backend=args.backend)

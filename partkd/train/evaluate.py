@@ -57,6 +57,12 @@ def _legacy_data(function: str, data_path: str | os.PathLike, protocol: str, **s
     return DataConfig(path=str(data_path), protocol=protocol, **settings)
 
 
+def _release(device: torch.device) -> None:
+    """Hand a GPU's cached memory back after a model is gone (the driver shares the GPU with the job's workers)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _device(device: str | torch.device | None) -> torch.device:
     """``None``: the first GPU when there is one, else the CPU (a job passes :func:`job_device` of its settings)."""
     return torch.device(device) if device is not None else job_device(TrainConfig(use_gpu=True))
@@ -65,18 +71,19 @@ def _device(device: str | torch.device | None) -> torch.device:
 @torch.no_grad()
 def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig | None = None,
                         occlusion_probs: Sequence[float] | None = None, *legacy_args,
-                        device: str | torch.device | None = None, batch_size: int = 64, bf16: bool = True,
+                        device: str | torch.device | None = None, batch_size: int = 64, bf16: bool | None = None,
                         **legacy_kwargs) -> list[Evaluation]:
     """Top-1/top-5, per-class accuracy and confusion matrix on the test split of ``data.protocol``, one
     :class:`Evaluation` per OP (default ``data.eval_occlusion_probs``). ``data`` defaults to the data settings the
-    checkpoint was trained with. The model runs on ``device`` (default: a GPU if there is one) at the precision
-    training takes there (``bf16``: :func:`autocast`); the counts stay on the device until the end."""
+    checkpoint was trained with. The model runs on ``device`` (default: a GPU if there is one) under :func:`autocast`
+    with ``bf16`` (default: the checkpoint's ``train.bf16``); the counts stay on the device until the end."""
     if isinstance(data, (str, os.PathLike)):  # the old form: (checkpoint, data_path, protocol, occlusion_probs, ...)
         protocol, occlusion_probs = occlusion_probs, (legacy_args[0] if legacy_args else None)
         data = _legacy_data("evaluate_checkpoint", data, protocol, **legacy_kwargs)
     device = _device(device)
     model, meta = load_model(checkpoint, device)
     data = data or meta.data
+    bf16 = meta.settings.get("train.bf16", True) if bf16 is None else bf16
     side, layout = meta.side, get_layout(meta.model.layout)
     num_classes = meta.model.num_classes
     results = []
@@ -90,7 +97,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig | None = None,
             with autocast(device, bf16):
                 logits = model(inputs).logits
             top = logits.float().topk(min(5, num_classes), dim=1).indices  # (N, 5)
-            counts += torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes**2)
+            counts.index_add_(0, labels * num_classes + top[:, 0], torch.ones_like(labels))  # no sync (bincount would)
             top5_hits += (top == labels[:, None]).any(1).sum()
         confusion = counts.view(num_classes, num_classes).cpu().numpy()
         total = int(confusion.sum())
@@ -100,6 +107,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig | None = None,
             per_class = np.diag(confusion) / confusion.sum(1)
         results.append(Evaluation(prob, float(np.trace(confusion) / total), int(top5_hits) / total, per_class,
                                   confusion, total))
+    _release(device)
     return results
 
 
@@ -123,7 +131,7 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
 
 def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | None = None, grouping: str = "paper5",
                             *legacy_args, temperature: float = 1.0, device: str | torch.device | None = None,
-                            batch_size: int = 32, bf16: bool = True, overwrite: bool = False,
+                            batch_size: int = 32, bf16: bool | None = None, overwrite: bool = False,
                             **legacy_kwargs) -> str:
     """E for (teacher, grouping) from the HQ training rows of ``data`` (default: the data the teacher was trained
     on), cached beside the checkpoint as .npy + heatmap PNG.
@@ -131,8 +139,9 @@ def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | N
     The rows are ``data.splits()``'s training split: with ``data.val_fraction`` the seeded validation slice is left
     out, so a job validated on the slice is measured on samples that shaped neither the teacher nor E. The cache file
     names every input that changes E: grouping, temperature, protocol (and slice), frames and persons. The teacher
-    runs on ``device`` (default: a GPU if there is one) at the training precision there, the P occluded copies of a
-    batch as one batch of ``P * batch_size``.
+    runs on ``device`` (default: a GPU if there is one) under :func:`autocast` with ``bf16`` (default: the
+    teacher's ``train.bf16``), the P occluded copies of a batch as one batch of ``P * batch_size``. The precision is
+    not in the cache file's name: E from bf16 and fp32 predictions may differ in a few argmaxes.
     """
     if isinstance(data, (str, os.PathLike)):  # the old form: (teacher, data_path, protocol, grouping, ...)
         protocol, grouping = grouping, (legacy_args[0] if legacy_args else "paper5")
@@ -145,6 +154,7 @@ def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | N
         return target
     device = _device(device)
     teacher, meta = load_frozen_teacher(teacher_checkpoint, device)
+    bf16 = meta.settings.get("train.bf16", True) if bf16 is None else bf16
     layout = get_layout(meta.model.layout)
     batches = (
         (model_input(torch.from_numpy(x), torch.from_numpy(score), layout), torch.from_numpy(labels))
@@ -155,6 +165,8 @@ def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | N
     with autocast(device, bf16):
         matrix = compute_part_matrix(teacher, batches, grouping_obj, layout, meta.model.num_classes, temperature,
                                      device)
+    del teacher
+    _release(device)
     with storage.staged(teacher_checkpoint) as folder:
         save_part_matrix(matrix, folder / name, load_info(data.path)["class_names"], list(grouping_obj.part_names))
     return target

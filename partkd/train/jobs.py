@@ -140,7 +140,8 @@ def _fit_local(job: JobConfig, meta: CheckpointMeta, inputs: JobInputs, final: s
 
 # Settings a resumed job may change: how long it runs, how it is run and tracked; anything else changes the model.
 RESUMABLE_CHANGES = ("data.cache", "train.epochs", "train.num_workers", "train.use_gpu", "train.cpus_per_worker",
-                     "train.gpus_per_worker", "train.max_failures", "train.fail_at_epoch", "train.storage_path",
+                     "train.gpus_per_worker", "train.compile", "train.max_failures", "train.fail_at_epoch",
+                     "train.storage_path",
                      "tracking_uri", "mlflow_run_id", "parent_run_id")
 
 

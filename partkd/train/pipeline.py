@@ -88,7 +88,7 @@ def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, .
 
     say(f"[2/{stages}] part matrix E ({job.loss.grouping}) from teacher occlusion tests")
     part_matrix = part_matrix_for_teacher(teacher.checkpoint, job.data, job.loss.grouping,
-                                          device=job_device(job.train), bf16=job.train.bf16)
+                                          device=job_device(job.train))
     for file in (part_matrix, part_matrix.removesuffix(".npy") + ".png"):
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, file, "part_matrix")
 
@@ -108,8 +108,7 @@ def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, .
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for key, label, result, skeleton, probs in models:
-            for ev in evaluate_checkpoint(result.checkpoint, occlusion_probs=probs, device=job_device(job.train),
-                                          bf16=job.train.bf16):
+            for ev in evaluate_checkpoint(result.checkpoint, occlusion_probs=probs, device=job_device(job.train)):
                 rows.append({"key": key, "model": label, "skeleton": skeleton, "op": ev.occlusion_prob,
                              "top1": ev.top1, "top5": ev.top5})
                 if ev.occlusion_prob == 0.0:

@@ -47,7 +47,7 @@ def native_bf16(device_type: str) -> bool:
     """Whether ``device_type`` computes bf16 natively: a CUDA GPU that supports it, or an x86 CPU with AVX512-BF16 or
     AMX. Elsewhere bf16 is emulated and slower than fp32, so training stays in fp32."""
     if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)  # Ampere on
     if device_type == "cpu":
         checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
         return any(check() for check in checks if check is not None)
@@ -76,7 +76,8 @@ def compiled(model: nn.Module, train: TrainConfig) -> nn.Module:
     if not torch._dynamo.is_dynamo_supported():
         warnings.warn("train.compile: torch.compile is not supported here; training runs eagerly", stacklevel=2)
         return model
-    torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly instead (logged once)
+    # process-wide: a graph that fails to compile runs eagerly instead (logged once), in this worker and after
+    torch._dynamo.config.suppress_errors = True
     return torch.compile(model)
 
 
@@ -162,6 +163,11 @@ class WorkerSession:
     def autocast(self):
         return autocast(self.device, self.job.train.bf16)
 
+    @property
+    def precision(self) -> str:
+        """What the steps compute in here: ``bf16`` (autocast) or ``fp32``; tagged on the job's run."""
+        return "bf16" if self.job.train.bf16 and native_bf16(self.device.type) else "fp32"
+
     def batches(self, split: str, epoch: int, shuffle: bool) -> Iterable[dict[str, Tensor]]:
         """This worker's batches of ``train`` or ``val`` on its device; shuffled (seeded by epoch) if asked."""
         raise NotImplementedError
@@ -201,7 +207,8 @@ class RaySession(WorkerSession):
             # in the background: MLflow's import and store set-up take seconds (7 s with a SQLite store on the 2-core
             # machine), while DDP and the dataset shards start; the first report waits for it
             self._tagging = threading.Thread(target=tracking.set_tags, daemon=True, args=(
-                job.tracking_uri, job.mlflow_run_id, {"ray.node_id": ray.get_runtime_context().get_node_id()}))
+                job.tracking_uri, job.mlflow_run_id, {"ray.node_id": ray.get_runtime_context().get_node_id(),
+                                                      "precision": self.precision}))
             self._tagging.start()
 
     def batches(self, split: str, epoch: int, shuffle: bool) -> Iterable[dict[str, Tensor]]:
@@ -257,6 +264,8 @@ class LocalSession(WorkerSession):
         self.inputs, self.folder = inputs, Path(folder)
         self.last_metrics: dict = {}
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
+        if job.mlflow_run_id:
+            tracking.set_tags(job.tracking_uri, job.mlflow_run_id, {"precision": self.precision})
 
     def batches(self, split: str, epoch: int, shuffle: bool) -> Iterator[dict[str, Tensor]]:
         if split not in self._arrays:
