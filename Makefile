@@ -11,7 +11,7 @@ demo: $(STAMP)
 	$(BIN)/partkd demo
 
 test: $(STAMP) $(SYSTEM)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(BIN)/partkd bench data
