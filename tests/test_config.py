@@ -1,6 +1,7 @@
 """Job configuration: the paper's defaults, a TOML/JSON file of overrides, then --set, with clear errors."""
 
 import json
+import re
 
 import pytest
 
@@ -37,13 +38,30 @@ def test_file_then_sets_override_in_order(tmp_path):
     (["loss.objective=mse"], "loss.objective must be one of ce, kl, global_msc, pmsc"),
     (["loss.hq_source=queue"], "loss.hq_source must be one of batch, bank"),
     (["epochs"], "expected section.key=value"),
+    # every range and enumeration, refused at load naming the key and what it may hold (issue 15)
+    (["train.lr=-0.1"], "train.lr must be a finite number > 0, got -0.1"),
+    (["train.lr=nan"], "train.lr must be a finite number > 0, got nan"),
+    (["data.batch_size=0"], "data.batch_size must be at least 1, got 0"),
+    (["train.epochs=0"], "train.epochs must be at least 1, got 0"),
+    (["train.num_workers=0"], "train.num_workers must be at least 1, got 0"),
+    (["loss.tau=0"], "loss.tau must be a finite number > 0, got 0.0"),
+    (["loss.w=1.5"], "loss.w must be in [0, 1], got 1.5"),
+    (["loss.alpha=-1"], "loss.alpha must be a finite number >= 0, got -1.0"),
+    (["train.milestones=40,30"], "train.milestones must be epochs >= 1 in increasing order, got (40, 30)"),
+    (["data.occlusion_prob=1.5"], "data.occlusion_prob must be in [0, 1], got 1.5"),
+    (["data.eval_occlusion_probs=0,2"], "data.eval_occlusion_probs must be a non-empty list in [0, 1]"),
+    (["loss.grouping=nope"], "loss.grouping: unknown grouping 'nope'; known groupings: "),
+    (["model.name=resnet"], "model.name must be one of stgcn, got 'resnet'"),
+    (["model.dropout=1"], "model.dropout must be in [0, 1), got 1.0"),
+    (["data.occlusion_unit=pixel"], "data.occlusion_unit must be one of joint-frame, joint, got 'pixel'"),
+    (["data.protocol=nope"], "data.protocol: unknown split protocol 'nope'; known protocols: "),
     (["train.milestones=30"], None),  # a single milestone from --set is a one-item list
 ])
 def test_bad_settings_name_the_setting(sets, message):
     if message is None:
         assert load_config(sets=sets).train.milestones == (30,)
         return
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         load_config(sets=sets)
 
 
@@ -57,6 +75,9 @@ def test_a_scalar_where_a_list_belongs_is_refused_by_name(tmp_path):
 def test_cli_reports_bad_settings_and_missing_files(tmp_path, capsys):
     assert main(["train", "teacher", "--data", str(tmp_path), "--set", "train.epochs=five"]) == 2
     assert "train.epochs: expected int, got 'five'" in capsys.readouterr().err
+    assert main(["train", "teacher", "--data", str(tmp_path / "none"), "--set", "loss.tau=-1"]) == 2
+    err = capsys.readouterr().err  # refused at load, before the dataset is looked at
+    assert err == "partkd: error: loss.tau must be a finite number > 0, got -1.0\n"
     assert main(["train", "teacher", "--config", str(tmp_path / "nope.toml")]) == 2
     assert "nope.toml does not exist" in capsys.readouterr().err
     assert main(["train", "teacher", "--data", str(tmp_path / "none")]) == 2

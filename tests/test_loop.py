@@ -114,7 +114,7 @@ def test_validation_top1_is_measured_on_the_slice(root, teacher):
 
 def test_epoch_metrics_are_the_sample_weighted_means_of_the_steps(root, train_data):
     """train_epoch with lr 0 leaves the model as it was, so every step's loss can be recomputed afterwards."""
-    job = local_job(root, train_data, "meters", "model.dropout=0.0", "train.lr=0.0", "data.batch_size=24")
+    job = local_job(root, train_data, "meters", "model.dropout=0.0", "data.batch_size=24")
     inputs = job_inputs(job, load_info(train_data), ("hq",), "hq")
     session = LocalSession(job, inputs, root / "unused")
     torch.manual_seed(0)

@@ -223,6 +223,13 @@ def test_set_overrides_the_study_or_the_job(tmp_path):
         load_study(str(path), ["study.trails=3"])
     with pytest.raises(ValueError, match="study.trials: expected int"):
         load_study(str(path), ["study.trials=many"])
+    with pytest.raises(ValueError, match=r"study.reduction_factor must be at least 2, got 1"):
+        load_study(str(path), ["study.reduction_factor=1"])
+    bad_space = tmp_path / "bad-space.toml"  # a range the job refuses at one end: refused before any trial runs
+    bad_space.write_text(path.read_text().replace("[space]", "[space]\n\"loss.kl_temperature\" = { uniform = [0, 2] }"))
+    with pytest.raises(ValueError, match=r"space.loss.kl_temperature can draw 0.0: loss.kl_temperature must be a "
+                                         r"finite number > 0, got 0.0"):
+        load_study(str(bad_space))
 
 
 def test_concurrency_follows_cpus_and_whole_gpus():

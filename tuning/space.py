@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 import optuna
 
 from partkd.layouts import GROUPINGS, get_grouping
-from partkd.train.config import JobConfig, TrainConfig, build_settings, load_config, read_settings_file
+from partkd.train.config import (
+    AT_LEAST_1,
+    JobConfig,
+    TrainConfig,
+    build_settings,
+    check_ranges,
+    load_config,
+    read_settings_file,
+)
 
 TRIAL_DRIVER_CPUS = 0.01  # a trial only drives its Ray Train run: it must not hold a core the workers need
 DATA_CPUS = 1.0  # left to Ray Data's read and transform tasks when the concurrency is derived from the cluster
@@ -39,6 +47,13 @@ class StudyConfig:
     synth_samples: int = 0  # > 0: synthesize the dataset at job data.path if it is not there (synthetic benchmark)
     synth_classes: int = 12
     synth_seed: int = 0
+
+    def __post_init__(self):
+        check_ranges(self, "study", {
+            "trials": AT_LEAST_1, "max_concurrent": (lambda v: v >= 0, "at least 0 (0: as many as fit)"),
+            "grace_epochs": AT_LEAST_1, "reduction_factor": (lambda v: v >= 2, "at least 2"),
+            "synth_samples": (lambda v: v >= 0, "at least 0"), "synth_classes": AT_LEAST_1,
+        })
 
 
 @dataclass(frozen=True)
@@ -103,7 +118,15 @@ def load_study(path: str, sets: list[str] = ()) -> Study:
     space = parse_space(table.get("space", {}))
     if not space:
         raise ValueError(f"{path}: [space] names no setting to search")
-    return Study(config, space, load_config(table=table.get("job", {}), sets=sets))
+    job = load_config(table=table.get("job", {}), sets=sets)
+    for key, distribution in space.items():  # a trial must never draw a value the job refuses
+        ends = distribution.choices if hasattr(distribution, "choices") else (distribution.low, distribution.high)
+        for value in ends:
+            try:
+                load_config(job, sets=[f"{key}={value}"])
+            except ValueError as err:
+                raise ValueError(f"space.{key} can draw {value!r}: {err}") from None
+    return Study(config, space, job)
 
 
 def max_concurrent_trials(resources: dict[str, float], train: TrainConfig) -> int:

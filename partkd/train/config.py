@@ -8,17 +8,49 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from partkd.data.splits import VALIDATION, Protocol, WithValidation, get_protocol, read_split_columns, validation_split
-from partkd.data.transforms import TransformConfig
+from partkd.data.transforms import OCCLUSION_UNITS, TransformConfig
+from partkd.layouts import get_grouping
+from partkd.models import MODELS
 from partkd.train.objectives import OBJECTIVES
 
 HQ_SOURCES = ("batch", "bank")
 CACHE_MODES = ("auto", "memory", "stream")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# what a setting may hold, with the words that say so: checked when a config is built (a file, --set, a dict from
+# Ray), so a bad value is refused naming its key before any work starts
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+POSITIVE = (lambda v: _finite(v) and v > 0, "a finite number > 0")
+NON_NEGATIVE = (lambda v: _finite(v) and v >= 0, "a finite number >= 0")
+UNIT = (lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]")
+
+
+def check_ranges(obj, section: str, rules: dict) -> None:
+    """Each ``rules[name] = (test, allowed)`` on ``obj.name``; the first value that fails is refused as
+    ``<section>.<name> must be <allowed>, got <value>``."""
+    for name, (test, allowed) in rules.items():
+        value = getattr(obj, name)
+        if not test(value):
+            raise ValueError(f"{section}.{name} must be {allowed}, got {value!r}")
+
+
+def check_name(lookup, value: str, key: str) -> None:
+    """A registered name (a protocol, a grouping, a model): an unknown one is refused naming ``key`` and the known."""
+    try:
+        lookup(value)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{key}: {err.args[0] if isinstance(err, KeyError) and err.args else err}") from None
 
 
 @dataclass(frozen=True)
@@ -45,6 +77,12 @@ class DataConfig:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.cache not in CACHE_MODES:
             raise ValueError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
+        check_ranges(self, "data", {
+            "frames": AT_LEAST_1, "persons": AT_LEAST_1, "batch_size": AT_LEAST_1, "occlusion_prob": UNIT,
+            "eval_occlusion_probs": (lambda v: len(v) > 0 and all(UNIT[0](p) for p in v), "a non-empty list in [0, 1]"),
+            "occlusion_unit": (lambda v: v in OCCLUSION_UNITS, f"one of {', '.join(OCCLUSION_UNITS)}"),
+        })
+        check_name(get_protocol, self.protocol, "data.protocol")
 
     def transform(self, occlusion_prob: float = 0.0) -> TransformConfig:
         """How every model sees a sample, in training, evaluation and E alike: cropped at the centre or padded to
@@ -73,6 +111,13 @@ class ModelConfig:
     stage_blocks: tuple[int, ...] = (4, 3, 3)
     dropout: float = 0.5
 
+    def __post_init__(self):
+        check_ranges(self, "model", {
+            "name": (lambda v: v in MODELS, f"one of {', '.join(MODELS)}"), "base_channels": AT_LEAST_1,
+            "stage_blocks": (lambda v: len(v) > 0 and min(v) >= 1, "a non-empty list of block counts >= 1"),
+            "dropout": (lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+        })
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -91,6 +136,9 @@ class LossConfig:
             raise ValueError(f"loss.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.hq_source not in HQ_SOURCES:
             raise ValueError(f"loss.hq_source must be one of {', '.join(HQ_SOURCES)}, got {self.hq_source!r}")
+        check_ranges(self, "loss", {"alpha": NON_NEGATIVE, "w": UNIT, "tau": POSITIVE, "kl_temperature": POSITIVE,
+                                    "bank_negatives": (lambda v: v >= 0, "at least 0")})
+        check_name(get_grouping, self.grouping, "loss.grouping")
 
 
 @dataclass(frozen=True)
@@ -114,6 +162,14 @@ class TrainConfig:
     fail_at_epoch: int = -1  # testing: one worker raises once after this epoch's checkpoint
 
     def __post_init__(self):
+        check_ranges(self, "train", {
+            "epochs": AT_LEAST_1, "lr": POSITIVE, "momentum": (lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+            "weight_decay": NON_NEGATIVE, "gamma": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1]"),
+            "milestones": (lambda v: all(m >= 1 for m in v) and list(v) == sorted(set(v)),
+                           "epochs >= 1 in increasing order"),
+            "num_workers": AT_LEAST_1, "cpus_per_worker": POSITIVE,
+            "max_failures": (lambda v: v >= -1, "at least -1 (-1: no limit)"),
+        })
         if not 0.0 < self.gpus_per_worker <= 1.0:
             raise ValueError(f"train.gpus_per_worker must be in (0, 1], got {self.gpus_per_worker}")
         if self.gpus_per_worker < 1.0 and self.num_workers > 1:
