@@ -120,23 +120,27 @@ class StartingCluster:
                     # no node is ever drained here: no job needs its own process watching for preemption
                     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
         self.nodes: list[subprocess.Popen] = []
+        self.logs = [Path(temp) / "ray-start.log" for temp in self.temps]  # what each `ray start` says
         try:
             self._launch(["--head", f"--port={self.gcs}", f"--dashboard-port={self.dashboard}",
                           "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={self.temps[0]}",
                           f"--ray-client-server-port={free_port()}"], HEAD_CPUS)
-            self._launch([f"--address=127.0.0.1:{self.gcs}", f"--temp-dir={self.temps[1]}",
-                          *(f"--{name}={free_port()}" for name in (  # its agents beside the head's
-                              "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-                              "runtime-env-agent-port", "node-manager-port", "object-manager-port"))], NODE_CPUS)
+            self._launch_worker()
         except BaseException:
             self.stop()
             raise
 
+    def _launch_worker(self) -> None:
+        self._launch([f"--address=127.0.0.1:{self.gcs}", f"--temp-dir={self.temps[-1]}",
+                      *(f"--{name}={free_port()}" for name in (  # its agents beside the head's
+                          "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                          "runtime-env-agent-port", "node-manager-port", "object-manager-port"))], NODE_CPUS)
+
     def _launch(self, flags: list[str], cpus: int) -> None:
-        self.nodes.append(subprocess.Popen(
-            [self.ray_cli, "start", *flags, "--block", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1",
-             "--disable-usage-stats"], env=self.env, start_new_session=True, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL))
+        with open(self.logs[len(self.nodes)], "a") as log:
+            self.nodes.append(subprocess.Popen(
+                [self.ray_cli, "start", *flags, "--block", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1",
+                 "--disable-usage-stats"], env=self.env, start_new_session=True, stdout=log, stderr=log))
 
     def wait_up(self) -> RayCluster:
         """Both nodes alive, seen through the dashboard."""
@@ -149,8 +153,14 @@ class StartingCluster:
                 check.returncode == 0 and check.stdout.startswith("[")) else []  # or "No resource in the cluster"
             if len(alive) == 2:
                 return RayCluster(address, f"127.0.0.1:{self.gcs}", self.env, head_first(alive, address, self.env))
+            if self.nodes[1].poll() is not None and len(self.temps) == 2:  # the second node gave up (once, in CI,
+                self.nodes.pop()  # it never joined): started once more, on fresh ports in a fresh folder
+                self.temps.append(tempfile.mkdtemp(prefix="rayc", dir="/tmp"))
+                self._launch_worker()
             time.sleep(1)
-        pytest.fail(f"the two-node cluster did not come up: {check.stdout[-1000:]} {check.stderr[-1000:]}")
+        said = " | ".join(f"node {i} (exit code {node.poll()}): {log.read_text()[-800:]!r}"
+                          for i, (node, log) in enumerate(zip(self.nodes, self.logs)))
+        pytest.fail(f"the two-node cluster did not come up: {check.stdout[-1000:]} {check.stderr[-1000:]} {said}")
 
     def stop(self) -> None:
         """The two ``ray start --block`` processes get a few seconds to stop what they started, then their process
