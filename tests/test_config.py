@@ -65,6 +65,24 @@ def test_bad_settings_name_the_setting(sets, message):
         load_config(sets=sets)
 
 
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("job.toml", "[train]\nepochs = \n", "job.toml: Invalid value (at line 2, column 10)"),
+    ("job.json", '{"train": {"epochs": 5,}}', "job.json: Expecting property name enclosed in double quotes: line 1"),
+    ("job.yaml", "train:\n  epochs: [5\n", "job.yaml: not valid YAML at line 3, column 1: expected ',' or ']'"),
+    ("job.json", "[1, 2]", "job.json: expected a table of settings at the top, got list"),
+])
+def test_a_settings_file_that_does_not_parse_is_refused_naming_the_file_and_line(tmp_path, capsys, name, text,
+                                                                                 message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / message))):
+        load_config(file=str(tmp_path / name))
+    assert main(["train", "teacher", "--config", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"partkd: error: {tmp_path / message}") and err.count("\n") == 1  # one line, no traceback
+    with pytest.raises(ValueError):  # --debug: the traceback, for whoever needs it
+        main(["--debug", "train", "teacher", "--config", str(tmp_path / name)])
+
+
 def test_a_scalar_where_a_list_belongs_is_refused_by_name(tmp_path):
     toml = tmp_path / "job.toml"
     toml.write_text("[train]\nmilestones = 30\n")

@@ -17,6 +17,7 @@ from partkd.cli import bench, data, demo, train
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="partkd", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
     commands = parser.add_subparsers(dest="command", required=True)
     for group in (data, demo, train, bench):
         group.register(commands)
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ShardError, StorageError, FileExistsError, FileNotFoundError, UnknownNameError, ValueError) as err:
+        if args.debug:
+            raise
         print(f"partkd: error: {err}", file=sys.stderr)
         return 2
 

@@ -251,21 +251,37 @@ def read_settings_file(path: str) -> dict:
     if not file.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
     text = file.read_text()
-    if file.suffix == ".toml":
+    if file.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ValueError(f"{path}: config files are .toml, .yaml or .json")
+    try:
+        values = _parse_settings(text, file.suffix)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a table of settings at the top, got {type(values).__name__}")
+    return values
+
+
+def _parse_settings(text: str, suffix: str):
+    """The text of a settings file; a syntax error is a ValueError saying where in the text."""
+    if suffix == ".toml":
         if sys.version_info >= (3, 11):
             import tomllib
         else:  # pragma: no cover
             import tomli as tomllib
-        return tomllib.loads(text)
-    if file.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:  # pragma: no cover
-            raise ValueError(f"{path}: YAML needs PyYAML (pip install pyyaml), or use TOML") from None
+        return tomllib.loads(text)  # TOMLDecodeError is a ValueError with line and column
+    if suffix == ".json":
+        return json.loads(text)  # JSONDecodeError is a ValueError with line and column
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover
+        raise ValueError("YAML needs PyYAML (pip install pyyaml), or use TOML") from None
+    try:
         return yaml.safe_load(text) or {}
-    if file.suffix == ".json":
-        return json.loads(text)
-    raise ValueError(f"{path}: config files are .toml, .yaml or .json")
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
 
 
 def _merge(base: dict, override: dict) -> dict:
