@@ -1,6 +1,7 @@
 """Parquet shards: exact round trips, the writer's refusals, the reader's schema checks and every validate check."""
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -20,7 +21,7 @@ from partkd.data import (
     validate_dataset,
 )
 from partkd.data.schema import SIDES
-from partkd.data.shards import _rows_to_table, sha256_file
+from partkd.data.shards import _rows_to_table, sha256_file, shard_paths
 from partkd.data.splits import NTU_XSUB_TRAIN_SUBJECTS
 
 CLASSES = ["a", "b", "c"]
@@ -249,3 +250,26 @@ def test_validate_unlisted_and_missing_shards(dataset):
     messages = [str(p) for p in validate_dataset(dataset).problems]
     assert any("part-00001.parquet" in m and "missing" in m for m in messages)
     assert any("part-00009.parquet" in m and "not listed" in m for m in messages)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda info: [info], "dataset.json: expected a JSON object, got list"),
+    (lambda info: {k: v for k, v in info.items() if k != "counts"}, 'needs a list "shards" and an object "counts"'),
+    (lambda info: {**info, "shards": [{"file": "../outside.parquet"}]}, "shard entry {'file': '../outside.parquet'}"),
+    (lambda info: {**info, "shards": [{"file": "/etc/passwd"}]}, "a shard is a file name inside the dataset folder"),
+    (lambda info: {**info, "shards": ["part-00000.parquet"]}, "shard entry 'part-00000.parquet'"),
+])
+def test_a_dataset_json_of_the_wrong_shape_or_pointing_outside_its_folder_is_refused(tmp_path, capsys, edit, message):
+    """Refused naming dataset.json: by the reader every path takes, and as a problem by ``partkd data validate``."""
+    from partkd.cli import main
+
+    path = tmp_path / "d"
+    with DatasetWriter(path, name="t", class_names=["a"], hq_layout="ntu25", lq_layout="coco17") as writer:
+        writer.write_all([make_sample(f"s{i}", seed=i) for i in range(2)])
+    info = json.loads((path / "dataset.json").read_text())
+    (path / "dataset.json").write_text(json.dumps(edit(info)))
+    with pytest.raises(ShardError, match=re.escape(message)):
+        shard_paths(path)
+    assert main(["data", "validate", str(path)]) == 1  # validate's contract: the problems listed, exit 1
+    out = capsys.readouterr().out
+    assert f"{path / 'dataset.json'}: " in out and message in out

@@ -260,10 +260,25 @@ def load_info(path: str | os.PathLike) -> dict:
         info = json.loads(storage.read_text(file))
     except json.JSONDecodeError as err:
         raise ShardError(str(file), f"is not valid JSON ({err})") from None
+    if not isinstance(info, dict):
+        raise ShardError(str(file), f"expected a JSON object, got {type(info).__name__}")
     if info.get("schema_version") != SCHEMA_VERSION:
         raise ShardSchemaError(str(file), f"schema version {info.get('schema_version')} is not {SCHEMA_VERSION}",
                                column="schema_version")
+    if not isinstance(info.get("shards"), list) or not isinstance(info.get("counts"), dict):
+        raise ShardError(str(file), "needs a list \"shards\" and an object \"counts\" (written by partkd's dataset "
+                                    "writer); this one lacks them")
+    for entry in info["shards"]:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not _inside(name):
+            raise ShardError(str(file), f"shard entry {entry!r}: a shard is a file name inside the dataset folder "
+                                        "(no folder, no '..', not absolute)")
     return info
+
+
+def _inside(name: str) -> bool:
+    """A shard's name as dataset.json may give it: a plain file name, so every read stays in the dataset's folder."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
 def shard_paths(path: str | os.PathLike) -> list[str]:
