@@ -100,10 +100,11 @@ def test_data_path_benchmark_delivers_the_whole_training_split_and_reports_who_k
     """``partkd bench train``'s data_path: Ray Data's epoch of a job's training split, to the device, per CPU count;
     the JSON names the fewest CPUs whose rate reaches the teacher step's."""
     from partkd.bench.data import write_shaped_dataset
-    from partkd.bench.train import json_report, run_data_path_bench, training_dtype
+    from partkd.bench.train import json_report, run_data_path_bench
     from partkd.data.shards import load_info
     from partkd.train.config import DataConfig, JobConfig
     from partkd.train.jobs import job_inputs
+    from partkd.train.session import step_precision
 
     path = write_shaped_dataset(tmp_path / "data", samples=24, frames=16, persons=2)
     rows = run_data_path_bench("tiny", "cpu", cpus=(1, 2), epochs=2, path=path)
@@ -112,7 +113,7 @@ def test_data_path_benchmark_delivers_the_whole_training_split_and_reports_who_k
     assert [r["cpus"] for r in rows] == [1, 2]
     assert all(r["samples"] == len(in_process["label"]) > 0 for r in rows)
     assert all(r["samples_per_s"] > 0 and r["epoch_s_min"] <= r["epoch_s_max"] for r in rows)
-    step = {"step": "teacher_step", "shape": "tiny", "dtype": training_dtype(torch.device("cpu")), "compile": False,
+    step = {"step": "teacher_step", "shape": "tiny", "dtype": step_precision(torch.device("cpu")), "compile": False,
             "samples_per_s": 50.0}
     rates = [dict(rows[0], samples_per_s=40.0), dict(rows[1], samples_per_s=60.0)]  # 2 CPUs keep up, 1 does not
     data = json_report([step], rates, torch.device("cpu"))["data_path"]

@@ -41,7 +41,7 @@ from partkd.part_matrix import occlusion_predictions
 from partkd.train.checkpoint import CheckpointMeta, ModelSpec, save_checkpoint
 from partkd.train.config import DataConfig, JobConfig, LossConfig, ModelConfig, TrainConfig
 from partkd.train.loop import StudentTask, TeacherTask, make_optimizer, seed_epoch, train_step
-from partkd.train.session import WorkerSession, compiled, native_bf16, torch_batch_options
+from partkd.train.session import WorkerSession, compiled, default_device, step_precision, torch_batch_options
 
 TEACHER_LAYOUT, STUDENT_LAYOUT, NUM_CLASSES = "ntu25", "coco17", 60
 E_CLIPS = 40_000  # the part-matrix bar: E of 40,000 HQ clips
@@ -128,25 +128,28 @@ def _training_step(kind: str, shape: BenchShape, dtype: str, compile_: bool, dev
     return lambda: train_step(model, optimizer, task, session.batch, generator)
 
 
-def _inference(shape: BenchShape, dtype: str, compile_: bool, device: torch.device, folder: Path):
-    """The evaluation forward (eval mode, no gradient), as evaluation runs it."""
+def _teacher_on_device(shape: BenchShape, dtype: str, compile_: bool, device: torch.device, folder: Path):
+    """The session, job and frozen-teacher model that evaluation and E run (a bank job: nothing else is read)."""
     job = _job(shape, dtype, compile_, "bank", folder)
     session = BenchSession(job, device, _batch(shape, device))
-    model = session.prepare_model(_frozen_teacher(job, folder).build()).eval()
-    x = session.batch["hq_x"]
+    return session, job, session.prepare_model(_frozen_teacher(job, folder).build())
+
+
+def _inference(kind: str, shape: BenchShape, dtype: str, compile_: bool, device: torch.device, folder: Path):
+    """The evaluation forward (eval mode, no gradient), as evaluation runs it."""
+    session, _, model = _teacher_on_device(shape, dtype, compile_, device, folder)
+    model.eval()
 
     def step():
         with torch.no_grad(), session.autocast():
-            model(x)
+            model(session.batch["hq_x"])
 
     return step
 
 
-def _part_matrix(shape: BenchShape, dtype: str, compile_: bool, device: torch.device, folder: Path):
+def _part_matrix(kind: str, shape: BenchShape, dtype: str, compile_: bool, device: torch.device, folder: Path):
     """E's occlusion tests over one batch of clips (:func:`occlusion_predictions`, each part zeroed in turn)."""
-    job = _job(shape, dtype, compile_, "bank", folder)
-    session = BenchSession(job, device, _batch(shape, device))
-    model = session.prepare_model(_frozen_teacher(job, folder).build())
+    session, job, model = _teacher_on_device(shape, dtype, compile_, device, folder)
     batches = [(session.batch["hq_x"], session.batch["label"])]
 
     def step():
@@ -182,9 +185,10 @@ def step_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def training_dtype(device: torch.device) -> str:
-    """The precision a job takes on ``device`` with the default settings (``train.bf16``)."""
-    return "bf16" if native_bf16(device.type) else "fp32"
+def check_dtypes(dtypes: Sequence[str], device: torch.device) -> None:
+    """bf16 only where the device computes it natively (elsewhere a job trains in fp32: nothing to time)."""
+    if "bf16" in dtypes and step_precision(device) != "bf16":
+        raise ValueError(f"{device.type} computes no bf16 natively (training runs fp32 there): leave bf16 out")
 
 
 def run_train_bench(
@@ -202,10 +206,9 @@ def run_train_bench(
     holds the median, minimum and maximum of ``steps`` timed repetitions (after ``warmup`` untimed ones) and
     ``samples_per_s`` from the median (clips for ``part_matrix``).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtypes = dtypes or [training_dtype(device)]
-    if "bf16" in dtypes and not native_bf16(device.type):
-        raise ValueError(f"{device.type} computes no bf16 natively, so training runs fp32 there: leave bf16 out")
+    device = torch.device(device) if device else default_device()
+    dtypes = dtypes or [step_precision(device)]
+    check_dtypes(dtypes, device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape_name in shapes:
@@ -216,8 +219,7 @@ def run_train_bench(
                     for kind in kinds:
                         build = STEP_KINDS[kind]
                         torch.manual_seed(0)
-                        args = (kind,) if build is _training_step else ()
-                        step = build(*args, shape, dtype, compile_, device, folder)
+                        step = build(kind, shape, dtype, compile_, device, folder)
                         times = _time_steps(step, steps, warmup, device)  # the warm-up compiles, if asked
                         flops = step_flops(step)
                         median = statistics.median(times)
@@ -249,7 +251,7 @@ def run_data_path_bench(shape_name: str, device: str | torch.device | None = Non
     from partkd.data.shards import load_info
     from partkd.train.jobs import ensure_ray, job_inputs
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else default_device()
     shape = SHAPES[shape_name]
     ensure_ray()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one "Starting execution" line per epoch otherwise
@@ -292,7 +294,7 @@ def json_report(rows: list[dict], data_rows: list[dict], device: torch.device) -
     """The object ``bench_vs_reference.py`` reads: per kind, the first shape's figures as a job trains by default
     (the training dtype, compile off); ``data_path`` with its rate per CPU count and the fewest CPUs that keep up
     with the teacher step."""
-    dtype = training_dtype(device)
+    dtype = step_precision(device)
     chosen = [r for r in rows if r["dtype"] == dtype and not r["compile"]]
     shape = chosen[0]["shape"] if chosen else None
     report = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -353,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the figures at the training precision as JSON "
                                                        "(the object ../shared/anchors/bench_vs_reference.py reads)")
     args = parser.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device) if args.device else default_device()
     shapes = args.shapes.split(",") if args.shapes else (["ntu", "cpu"] if device.type == "cuda" else ["cpu"])
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
@@ -366,10 +368,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(k not in STEP_KINDS for k in kinds):
         parser.error(f"--kinds takes a comma list of {', '.join(STEP_KINDS)}")
     dtypes = args.dtypes.split(",") if args.dtypes else None
-    if dtypes and "bf16" in dtypes and not native_bf16(device.type):
-        parser.error(f"{device.type} computes no bf16 natively (training runs fp32 there): leave bf16 out")
-    if args.json and dtypes and training_dtype(device) not in dtypes:
-        parser.error(f"--json reports the training precision on {device.type}, {training_dtype(device)}: "
+    try:
+        check_dtypes(dtypes or [], device)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.json and dtypes and step_precision(device) not in dtypes:
+        parser.error(f"--json reports the training precision on {device.type}, {step_precision(device)}: "
                      "include it in --dtypes")
     if args.json and False not in compile_modes:
         parser.error("--json reports the default path (train.compile off): include off in --compile")

@@ -36,6 +36,11 @@ NON_NEGATIVE = (lambda v: _finite(v) and v >= 0, "a finite number >= 0")
 UNIT = (lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]")
 
 
+def one_of(choices) -> tuple:
+    """The rule of an enumeration: a value among ``choices``."""
+    return (lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
 def check_ranges(obj, section: str, rules: dict) -> None:
     """Each ``rules[name] = (test, allowed)`` on ``obj.name``; the first value that fails is refused as
     ``<section>.<name> must be <allowed>, got <value>``."""
@@ -73,14 +78,11 @@ class DataConfig:
     #                      (stream), or memory when they take at most a tenth of the object store (auto)
 
     def __post_init__(self):
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.cache not in CACHE_MODES:
-            raise ValueError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
         check_ranges(self, "data", {
+            "val_fraction": (lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"), "cache": one_of(CACHE_MODES),
             "frames": AT_LEAST_1, "persons": AT_LEAST_1, "batch_size": AT_LEAST_1, "occlusion_prob": UNIT,
             "eval_occlusion_probs": (lambda v: len(v) > 0 and all(UNIT[0](p) for p in v), "a non-empty list in [0, 1]"),
-            "occlusion_unit": (lambda v: v in OCCLUSION_UNITS, f"one of {', '.join(OCCLUSION_UNITS)}"),
+            "occlusion_unit": one_of(OCCLUSION_UNITS),
         })
         check_name(get_protocol, self.protocol, "data.protocol")
 
@@ -113,7 +115,7 @@ class ModelConfig:
 
     def __post_init__(self):
         check_ranges(self, "model", {
-            "name": (lambda v: v in MODELS, f"one of {', '.join(MODELS)}"), "base_channels": AT_LEAST_1,
+            "name": one_of(MODELS), "base_channels": AT_LEAST_1,
             "stage_blocks": (lambda v: len(v) > 0 and min(v) >= 1, "a non-empty list of block counts >= 1"),
             "dropout": (lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
         })
@@ -132,11 +134,8 @@ class LossConfig:
     mask_missing: bool = False  # leave score-0 joints out of the part mean (paper: off)
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"loss.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.hq_source not in HQ_SOURCES:
-            raise ValueError(f"loss.hq_source must be one of {', '.join(HQ_SOURCES)}, got {self.hq_source!r}")
-        check_ranges(self, "loss", {"alpha": NON_NEGATIVE, "w": UNIT, "tau": POSITIVE, "kl_temperature": POSITIVE,
+        check_ranges(self, "loss", {"objective": one_of(OBJECTIVES), "hq_source": one_of(HQ_SOURCES),
+                                    "alpha": NON_NEGATIVE, "w": UNIT, "tau": POSITIVE, "kl_temperature": POSITIVE,
                                     "bank_negatives": (lambda v: v >= 0, "at least 0")})
         check_name(get_grouping, self.grouping, "loss.grouping")
 
@@ -169,9 +168,8 @@ class TrainConfig:
                            "epochs >= 1 in increasing order"),
             "num_workers": AT_LEAST_1, "cpus_per_worker": POSITIVE,
             "max_failures": (lambda v: v >= -1, "at least -1 (-1: no limit)"),
+            "gpus_per_worker": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1]"),
         })
-        if not 0.0 < self.gpus_per_worker <= 1.0:
-            raise ValueError(f"train.gpus_per_worker must be in (0, 1], got {self.gpus_per_worker}")
         if self.gpus_per_worker < 1.0 and self.num_workers > 1:
             raise ValueError(f"train.gpus_per_worker={self.gpus_per_worker:g} with {self.num_workers} "
                              "workers: DDP ranks must not share a GPU (NCCL needs one GPU per rank); a fraction is "

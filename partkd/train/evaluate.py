@@ -25,8 +25,8 @@ from partkd.layouts import get_grouping, get_layout
 from partkd.models import model_input
 from partkd.part_matrix import compute_part_matrix, save_part_matrix
 from partkd.train.checkpoint import load_frozen_teacher, load_meta, load_model
-from partkd.train.config import DataConfig, TrainConfig
-from partkd.train.session import JobInputs, autocast, job_device
+from partkd.train.config import DataConfig
+from partkd.train.session import JobInputs, autocast, default_device
 
 
 def side_batches(data: DataConfig, side: str, layout: str, splits: Protocol | WithValidation, split: str,
@@ -64,8 +64,8 @@ def _release(device: torch.device) -> None:
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    """``None``: the first GPU when there is one, else the CPU (a job passes :func:`job_device` of its settings)."""
-    return torch.device(device) if device is not None else job_device(TrainConfig(use_gpu=True))
+    """``None``: :func:`default_device` (a job passes :func:`job_device` of its settings)."""
+    return torch.device(device) if device is not None else default_device()
 
 
 @torch.no_grad()

@@ -54,16 +54,27 @@ def native_bf16(device_type: str) -> bool:
     return False
 
 
+def step_precision(device: torch.device, bf16: bool = True) -> str:
+    """What a step computes in on ``device``: ``bf16`` (when ``bf16``) where the device computes it natively
+    (:func:`native_bf16`), else ``fp32``. The one place it is chosen: training, evaluation, E, the run's
+    ``precision`` tag and the benchmark all take it."""
+    return "bf16" if bf16 and native_bf16(device.type) else "fp32"
+
+
 def autocast(device: torch.device, bf16: bool = True):
-    """bf16 autocast (when ``bf16``) on a device that computes bf16 natively (:func:`native_bf16`); a no-op
-    elsewhere. The one place the dtype is chosen: training, evaluation, E and the benchmark all take it."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and native_bf16(device.type))
+    """bf16 autocast where :func:`step_precision` says bf16; a no-op elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=step_precision(device, bf16) == "bf16")
+
+
+def default_device() -> torch.device:
+    """The first GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def job_device(train: TrainConfig) -> torch.device:
-    """Where a job's in-process work runs (the local session, evaluation, E): the first GPU with ``train.use_gpu``
-    when there is one, else the CPU."""
-    return torch.device("cuda" if train.use_gpu and torch.cuda.is_available() else "cpu")
+    """Where a job's in-process work runs (the local session, evaluation, E): :func:`default_device` with
+    ``train.use_gpu``, else the CPU."""
+    return default_device() if train.use_gpu else torch.device("cpu")
 
 
 def compiled(model: nn.Module, train: TrainConfig) -> nn.Module:
@@ -166,7 +177,7 @@ class WorkerSession:
     @property
     def precision(self) -> str:
         """What the steps compute in here: ``bf16`` (autocast) or ``fp32``; tagged on the job's run."""
-        return "bf16" if self.job.train.bf16 and native_bf16(self.device.type) else "fp32"
+        return step_precision(self.device, self.job.train.bf16)
 
     def batches(self, split: str, epoch: int, shuffle: bool) -> Iterable[dict[str, Tensor]]:
         """This worker's batches of ``train`` or ``val`` on its device; shuffled (seeded by epoch) if asked."""
