@@ -43,6 +43,21 @@ def part_matrix_from_predictions(
     return torch.softmax(miss_rate / temperature, dim=1).float()  # (K, P), Eq. 13
 
 
+def part_matrix_spread(matrix: np.ndarray, temperature: float = 1.0) -> dict[str, np.ndarray]:
+    """How much each class's row of E tells the parts apart, per class ``(K,)``:
+
+    - ``entropy``: the row's entropy over log P (1 = uniform, no part singled out);
+    - ``miss_range``: the spread of the Eq. 12 miss rates behind the row, ``max - min``, recovered exactly from E
+      since ``log E[c, p] = miss[c, p] / temperature - const_c``. With the paper's temperature 1 a miss-rate
+      spread of at most 1 bounds the row: no part weighs more than e (2.7) times another, so E is never far from
+      uniform; a small ``miss_range`` means the teacher hardly depends on any one part for that class.
+    """
+    log = np.log(np.asarray(matrix, dtype=np.float64))  # (K, P)
+    p = np.exp(log)
+    entropy = -(p * log).sum(1) / np.log(log.shape[1])
+    return {"entropy": entropy, "miss_range": temperature * (log.max(1) - log.min(1))}
+
+
 def occlude_parts(x: Tensor, members: Tensor) -> Tensor:
     """All single-part occlusions of a batch: ``(N, M, T, V, C) -> (P, N, M, T, V, C)``, part p's joints zeroed.
 

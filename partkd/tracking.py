@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import subprocess
+import re
 import threading
 import time
 import urllib.parse
@@ -169,6 +170,11 @@ def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
     now = int(time.time() * 1000)
     items = [_entities().Metric(k, float(v), now, step) for k, v in metrics.items()]
     client.log_batch(run_id, metrics=items)
+
+
+def metric_name(name: str) -> str:
+    """``name`` with every character MLflow refuses in a metric name (it keeps letters, digits, ``_-. /``) as ``_``."""
+    return re.sub(r"[^\w\-. /]", "_", name)
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict) -> None:

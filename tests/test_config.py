@@ -107,15 +107,34 @@ def test_study_summary_is_mean_and_sample_std_over_seeds_with_paired_gains():
     from partkd.train.results import summarise
 
     def row(key, model, op, seed, top1, top5):
-        return {"key": key, "model": model, "skeleton": "LQ coco17", "op": op, "seed": seed, "top1": top1, "top5": top5}
+        return {"key": key, "model": model, "skeleton": "LQ coco17", "train_op": op, "op": op, "seed": seed,
+                "top1": top1, "top5": top5}
 
     ce, kd = ("student_ce", "Student (w/o KD)"), ("student_pmsc", "Student (w/ KD)")
     rows = [row(*ce, 0.3, 1, 0.50, 0.90), row(*kd, 0.3, 1, 0.56, 0.91),
             row(*ce, 0.3, 2, 0.60, 0.80), row(*kd, 0.3, 2, 0.62, 0.85)]
     markdown, csv = summarise(rows)
     lines = markdown.splitlines()
-    # w/o KD: mean 55.00, sample std of (50, 60) = 7.07; w/ KD: 59.00 ± 4.24; gains 6 and 2 points: 4.00 ± 2.83
-    assert lines[2] == "| Student (w/o KD) | LQ coco17 | 0.3 | 55.00 ± 7.07 | 85.00 ± 7.07 |  |"
-    assert lines[3] == "| Student (w/ KD) | LQ coco17 | 0.3 | 59.00 ± 4.24 | 88.00 ± 4.24 | 4.00 ± 2.83 |"
+    # w/o KD: mean 55.00, sample std of (50, 60) = 7.07; w/ KD: 59.00 ± 4.24; gains 6 and 2 points: 4.00 ± 2.83,
+    # 95 % t interval 4 ± t(0.975, 1) * 2.83 / sqrt(2) = 4 ± 12.706 * 2 = [-21.41, +29.41]; KD wins both seeds
+    assert lines[2] == "| Student (w/o KD) | LQ coco17 | 0.3 | 0.3 | 55.00 ± 7.07 | 85.00 ± 7.07 |  |  |  |"
+    assert lines[3] == ("| Student (w/ KD) | LQ coco17 | 0.3 | 0.3 | 59.00 ± 4.24 | 88.00 ± 4.24 | +4.00 ± 2.83 | "
+                        "[-21.41, +29.41] | 2/2 |")
     assert "over 2 seeds: 1, 2" in markdown
-    assert csv.splitlines()[1] == "1,Student (w/o KD),LQ coco17,0.3,0.500000,0.900000"
+    assert csv.splitlines()[1] == "1,Student (w/o KD),LQ coco17,0.3,0.3,0.500000,0.900000"
+
+
+def test_paired_gain_matches_a_literal_t_interval():
+    from partkd.train.results import paired_gain
+
+    d = [3.3, 6.6, 20.2, -1.0, 2.5]
+    n, mean = len(d), sum(d) / len(d)
+    std = (sum((x - mean) ** 2 for x in d) / (n - 1)) ** 0.5
+    t_975_4 = 2.7764451051977987  # Student t, 4 degrees of freedom, 97.5th percentile (tables)
+    gain = paired_gain(d)
+    assert gain["mean"] == pytest.approx(mean) and gain["std"] == pytest.approx(std)
+    assert gain["ci_low"] == pytest.approx(mean - t_975_4 * std / n ** 0.5)
+    assert gain["ci_high"] == pytest.approx(mean + t_975_4 * std / n ** 0.5)
+    assert gain["wins"] == 4 and gain["n"] == 5
+    one = paired_gain([2.0])
+    assert one["std"] == 0.0 and one["ci_low"] != one["ci_low"]  # no interval from one seed (NaN)

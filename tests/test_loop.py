@@ -4,8 +4,10 @@ against their loss functions, and E against a literal recomputation."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ from partkd.train.config import load_config
 from partkd.train.distill import FeatureBank, hq_set_from_batch
 from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, side_batches
 from partkd.train.jobs import job_inputs, train_student, train_teacher
-from partkd.train.loop import EpochMeters, TeacherTask, train_epoch
+from partkd.train.loop import EpochMeters, TeacherTask, term_gradients, train_epoch
 from partkd.train.objectives import OBJECTIVES, TeacherSide, get_objective, weighted_terms
 from partkd.train.session import LocalSession, autocast
 
@@ -183,6 +185,7 @@ def test_student_loss_is_the_weighted_sum_of_its_named_terms(root, train_data, t
     kind = get_objective(objective)
     if not kind.distills:
         assert total == ce and "teacher_run_id" not in run.data.tags and meta.model.teacher_channels == 0
+        assert not [k for k in run.data.metrics if k.startswith("grad/")]  # one term: nothing to compare
         return
     assert run.data.tags["teacher_run_id"] == teacher.run_id
     kd = history(root, student.run_id, kind.term)
@@ -190,6 +193,12 @@ def test_student_loss_is_the_weighted_sum_of_its_named_terms(root, train_data, t
     assert [t for _, t in total] == pytest.approx([c + 2.0 * k for (_, c), (_, k) in zip(ce, kd)], rel=1e-5)
     undefined = [v for _, v in history(root, student.run_id, "kd/undefined")]
     assert len(undefined) == EPOCHS and all(v == int(v) >= 0 for v in undefined)
+    # how hard each term pulls, every epoch: the norms of the CE and alpha-weighted KD gradients and their cosine
+    pulls = {name: [v for _, v in history(root, student.run_id, name)]
+             for name in ("grad/ce", kind.term.replace("loss/", "grad/"), "grad/cos")}
+    assert all(len(v) == EPOCHS for v in pulls.values())
+    assert all(v > 0 for name, values in pulls.items() if name != "grad/cos" for v in values)
+    assert all(-1 <= v <= 1 for v in pulls["grad/cos"])
     # features are compared in the teacher's width (16) through the student's projection head
     assert meta.model.teacher_channels == (16 if kind.projects else 0)
     model, _ = load_model(student.checkpoint)
@@ -197,6 +206,48 @@ def test_student_loss_is_the_weighted_sum_of_its_named_terms(root, train_data, t
         assert model.projection.proj.weight.shape == (16, 8)  # a real map: the student is half as wide
     logged = {a.path for a in client(root).list_artifacts(student.run_id, "part_matrix")}
     assert (f"part_matrix/{part_matrix.name}" in logged) == kind.needs_part_matrix  # E beside the student it shaped
+
+
+class TwoTerms(TeacherTask):
+    """A task of two weighted terms, for the gradient probe: cross-entropy and 3 x the mean squared logit."""
+
+    weights = {"loss/ce": 1.0, "loss/square": 3.0}
+
+    def step(self, model, batch, generator):
+        result = super().step(model, batch, generator)
+        noise = torch.rand(len(batch["label"]), generator=generator)  # the probe must not move the generator
+        result.terms["loss/square"] = (result.logits.float() ** 2 * noise[:, None]).mean()
+        return result
+
+
+def test_term_gradients_are_each_terms_own_gradient_and_leave_training_untouched():
+    layout = get_layout("ntu25")
+    model = create_model("stgcn", layout="ntu25", num_classes=4, base_channels=4, stage_blocks=(1,), dropout=0.5)
+    model.train()
+    batch = {"hq_x": torch.randn(6, 1, 8, 25, 3), "hq_score": torch.ones(6, 1, 8, 25),
+             "label": torch.tensor([0, 1, 2, 3, 0, 1])}
+    task = TwoTerms(layout, SimpleNamespace(autocast=contextlib.nullcontext))  # fp32: the session's only part used
+    generator = torch.Generator().manual_seed(5)
+    torch.manual_seed(11)
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    rng, gen = torch.get_rng_state(), generator.get_state()
+    probe = term_gradients(model, task, batch, generator)
+    assert torch.equal(torch.get_rng_state(), rng) and torch.equal(generator.get_state(), gen)
+    assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
+    assert all(p.grad is None for p in model.parameters())
+    # literally: the same forward (same dropout draws), each weighted term's gradient on its own
+    expected = []
+    for name, weight in TwoTerms.weights.items():
+        torch.manual_seed(11)
+        model.zero_grad(set_to_none=True)
+        (weight * task.step(model, batch, torch.Generator().manual_seed(5)).terms[name]).backward()
+        expected.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+    assert probe["grad/ce"].item() == pytest.approx(expected[0].norm().item(), rel=1e-5)
+    assert probe["grad/square"].item() == pytest.approx(expected[1].norm().item(), rel=1e-5)
+    assert probe["grad/cos"].item() == pytest.approx(F.cosine_similarity(*expected, dim=0).item(), abs=1e-5)
 
 
 def test_bank_student_started_again_ends_like_an_uninterrupted_run(root, train_data, teacher, part_matrix):

@@ -11,13 +11,13 @@ import torch
 from conftest import VAL_FRACTION, tiny_job
 from mlflow.tracking import MlflowClient
 
-from partkd.data import iter_samples
+from partkd.data import iter_samples, load_info
 from partkd.data.splits import read_split_columns, validation_split
 from partkd.data.transforms import transform_batch
 from partkd.layouts import get_layout
 from partkd.models import model_input
 from partkd.part_matrix import compute_part_matrix
-from partkd.train.checkpoint import load_frozen_teacher
+from partkd.train.checkpoint import load_frozen_teacher, load_meta
 from partkd.train.pipeline import run_pipeline
 
 OBJECTIVES = ("ce", "kl", "global_msc", "pmsc")
@@ -28,23 +28,23 @@ def pipeline(tmp_path_factory, train_data):
     root = tmp_path_factory.mktemp("pipeline")
     job = tiny_job(root, train_data, "pipe", "train.num_workers=1", "train.cpus_per_worker=1",
                    f"data.val_fraction={VAL_FRACTION}")
-    return root, run_pipeline(job, say=lambda line: None, objectives=OBJECTIVES, backend="local")
+    return root, run_pipeline(job, say=lambda line: None, objectives=OBJECTIVES, backend="local", view="robustness")
 
 
-def test_table_has_the_teacher_and_every_student_at_every_op(pipeline):
+def test_robustness_table_has_the_teacher_and_every_student_at_every_op(pipeline):
     _, result = pipeline
     labels = ["Student (w/o KD)", "Student (KL)", "Student (global MSC)", "Student (w/ KD)"]
-    assert [(r["model"], r["op"]) for r in result.rows] == [("Teacher", 0.0)] + [
-        (label, op) for label in labels for op in (0.0, 0.3, 0.6)]
+    assert [(r["model"], r["train_op"], r["op"]) for r in result.rows] == [("Teacher", 0.0, 0.0)] + [
+        (label, 0.0, op) for label in labels for op in (0.0, 0.3, 0.6)]
     lines = result.markdown.splitlines()
-    assert lines[0] == "| model | skeleton | OP | top-1 (xsub) | top-5 (xsub) |"
+    assert lines[0] == "| model | skeleton | trained at OP | OP | top-1 (xsub) | top-5 (xsub) |"
     for line, row in zip(lines[2:], result.rows):
-        assert line == (f"| {row['model']} | {row['skeleton']} | {row['op']:.1f} | {100 * row['top1']:.2f} | "
+        assert line == (f"| {row['model']} | {row['skeleton']} | 0.0 | {row['op']:.1f} | {100 * row['top1']:.2f} | "
                         f"{100 * row['top5']:.2f} |")
     assert all(0.0 <= r["top1"] <= r["top5"] <= 1.0 for r in result.rows)
 
 
-def test_one_parent_run_holds_the_jobs_the_table_and_e(pipeline):
+def test_one_parent_run_holds_the_jobs_the_table_and_e(pipeline, train_data):
     root, result = pipeline
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     parent = client.get_run(result.run_id)
@@ -61,6 +61,13 @@ def test_one_parent_run_holds_the_jobs_the_table_and_e(pipeline):
     assert open(text).read() == result.markdown  # the table and MLflow say the same
     for row in result.rows:
         assert parent.data.metrics[f"test/top1/{row['key']}/op{row['op']:.1f}"] == pytest.approx(row["top1"])
+    # how sharply E singles out parts, per class: its row entropy and the miss-rate spread behind it
+    e = np.load(result.part_matrix)
+    for c, name in enumerate(load_info(train_data)["class_names"][:2]):
+        row = e[c]
+        entropy = -(row * np.log(row)).sum() / np.log(len(row))
+        assert parent.data.metrics[f"E/entropy/{name}"] == pytest.approx(entropy, rel=1e-6)
+        assert parent.data.metrics[f"E/miss_range/{name}"] == pytest.approx(np.log(row.max() / row.min()), rel=1e-6)
 
 
 def test_pipeline_part_matrix_leaves_the_validation_slice_out(pipeline, train_data):
@@ -76,3 +83,26 @@ def test_pipeline_part_matrix_leaves_the_validation_slice_out(pipeline, train_da
     batch = (model_input(torch.from_numpy(x), torch.from_numpy(score), layout), torch.tensor([s.label for s in rows]))
     expected = compute_part_matrix(model, [batch], "paper5", layout, 4).numpy()
     assert np.allclose(np.load(result.part_matrix), expected, atol=1e-6)
+
+
+def test_paper_view_trains_each_student_at_the_op_it_is_tested_at(tmp_path, train_data):
+    """The paper's protocol: one student per (objective, OP), its training LQ occluded at that OP (masks of the
+    seed), tested there only; the pair of students of an OP starts from the same backbone weights."""
+    job = tiny_job(tmp_path, train_data, "paper", "train.num_workers=1", "train.cpus_per_worker=1",
+                   "train.epochs=1", "data.eval_occlusion_probs=0,0.5")
+    result = run_pipeline(job, say=lambda line: None, objectives=("ce", "pmsc"), backend="local", view="paper")
+    assert [(r["key"], r["train_op"], r["op"]) for r in result.rows] == [
+        ("teacher", 0.0, 0.0), ("student_ce", 0.0, 0.0), ("student_ce", 0.5, 0.5), ("student_pmsc", 0.0, 0.0),
+        ("student_pmsc", 0.5, 0.5)]
+    for key in ("student_ce@0", "student_ce@0.5", "student_pmsc@0", "student_pmsc@0.5"):
+        assert load_meta(result.checkpoints[key]).data.occlusion_prob == float(key.split("@")[1])
+    assert result.markdown.splitlines()[5].startswith("| Student (w/ KD) | LQ coco17 | 0.0 | 0.0 |")
+    # the paired students' initial weights: the seeded build of each, backbone keys identical
+    builds = []
+    for key in ("student_ce@0", "student_pmsc@0"):
+        torch.manual_seed(job.train.seed)
+        builds.append(load_meta(result.checkpoints[key]).model.build().state_dict())
+    ce, pmsc = builds
+    shared = [k for k in ce if k in pmsc or f"backbone.{k}" in pmsc]
+    assert len(shared) == len(ce)
+    assert all(torch.equal(ce[k], pmsc[k] if k in pmsc else pmsc[f"backbone.{k}"]) for k in shared)

@@ -309,7 +309,8 @@ def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs:
         # as it was trained: masks of its seed
         for ev in evaluate_checkpoint(final, device=job_device(job.train)):
             rows.append({"key": f"student_{spec['label']}", "model": labels[spec["label"]],
-                         "skeleton": f"LQ {info['lq_layout']}", "op": ev.occlusion_prob, "seed": seed,
+                         "skeleton": f"LQ {info['lq_layout']}", "train_op": job.data.occlusion_prob,
+                         "op": ev.occlusion_prob, "seed": seed,
                          "top1": ev.top1, "top5": ev.top5})
     rows.sort(key=lambda r: (r["key"] != "student_paper", r["op"], r["seed"]))
     markdown, table_csv = summarise(rows, baseline=("student_paper", "paper defaults"))

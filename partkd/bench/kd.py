@@ -2,8 +2,11 @@
 
 Each seed is a dataset of its own (generator seed), its own training runs and its own occlusion masks. Nothing is
 chosen on the test split: every model is its last epoch's checkpoint, with the preset's fixed settings. Besides each
-model's accuracy, the table gives each student's gain over the student without KD, paired by seed (mean ± std of
-the per-seed differences), which is what the method claims.
+model's accuracy, the table gives each student's gain over the student without KD, paired by seed: mean ± std of
+the per-seed differences, their 95 % t interval and the seeds where KD wins, which is what the method claims. The
+pair shares everything but the objective: the dataset, the teacher and E, the training and test occlusion masks
+(both drawn per sample from ``data.seed``), the initial weights of the backbone (``train.seed``) and the order of the
+batches. Students follow the paper's protocol (trained at the OP they are tested at) unless ``view="robustness"``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from partkd import tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import synth_info, write_synthetic
-from partkd.train.pipeline import preset_job, preset_synth, run_pipeline
+from partkd.train.pipeline import check_view, preset_job, preset_synth, run_pipeline
 from partkd.train.results import summarise
 
 
@@ -37,25 +40,28 @@ def synthetic_dataset(out: Path, preset: str, seed: int, paired_fraction: float,
 
 
 def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ...], preset: str,
-                 sets: list[str] = (), say: Callable[[str], None] = print) -> str:
+                 sets: list[str] = (), say: Callable[[str], None] = print, view: str = "paper",
+                 backend: str = "ray") -> str:
     """Run the pipeline for each ``seed -> dataset`` and write ``out/results.md`` and ``out/results.csv``.
 
     The benchmark is an MLflow run ``bench-kd-<out>``; each seed's pipeline is nested under it, each training job
     under its pipeline.
     """
+    check_view(view)
     out = Path(out).resolve()
     first = preset_job(preset, datasets[min(datasets)], out / "ray", min(datasets), out.name, sets)
     uri = first.tracking_uri or tracking.tracking_uri()
     info = load_info(datasets[min(datasets)])
     params = {**first.flat(), "bench.seeds": ",".join(map(str, datasets)), "bench.objectives": ",".join(objectives),
-              "bench.preset": preset}
+              "bench.preset": preset, "bench.view": view}
     rows = []
-    with tracking.run(uri, f"partkd/{info['name']}", f"bench-kd-{out.name}", params, {"kind": "benchmark"}) as bench:
+    tags = {"kind": "benchmark", "view": view}
+    with tracking.run(uri, f"partkd/{info['name']}", f"bench-kd-{out.name}", params, tags) as bench:
         for seed, data in datasets.items():
             began = time.perf_counter()
             say(f"=== seed {seed}: {data}")
             job = preset_job(preset, data, out / "ray", seed, f"{out.name}-seed{seed}", sets)
-            result = run_pipeline(replace(job, tracking_uri=uri, parent_run_id=bench), say, objectives)
+            result = run_pipeline(replace(job, tracking_uri=uri, parent_run_id=bench), say, objectives, backend, view)
             rows += [{**r, "seed": seed} for r in result.rows]
             say(f"=== seed {seed} done in {time.perf_counter() - began:.0f} s")
             markdown, csv = summarise(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from partkd.cli.progress import say
+from partkd.cli.train import backend_option
 
 
 def cmd_bench_data(args) -> int:
@@ -37,7 +38,8 @@ def cmd_bench_kd(args) -> int:
     else:
         paired = 1.0 if args.paired_fraction is None else args.paired_fraction
         datasets = {seed: synthetic_dataset(out, args.preset, seed, paired, say) for seed in seeds}
-    run_kd_bench(out, datasets, objectives, args.preset, list(args.set or []), say=say)
+    run_kd_bench(out, datasets, objectives, args.preset, list(args.set or []), say=say, view=args.view,
+                 backend=args.backend)
     print(f"results: {out / 'results.md'}  (per seed: {out / 'results.csv'})")
     return 0
 
@@ -61,5 +63,9 @@ def register(commands) -> None:
     p.add_argument("--paired-fraction", type=float, help="share of synthetic samples with an HQ side (default 1)")
     p.add_argument("--data", help="an existing dataset (e.g. converted + degraded) instead of synthetic ones")
     p.add_argument("--preset", choices=("full", "smoke"), default="full")
+    p.add_argument("--view", choices=("paper", "robustness"), default="paper",
+                   help="paper (default): one student per objective and OP, trained at the OP it is tested at; "
+                        "robustness: one student per objective trained at data.occlusion_prob, tested at every OP")
     p.add_argument("--set", action="append", help="override a setting, e.g. --set loss.alpha=2")
+    backend_option(p)
     p.set_defaults(func=cmd_bench_kd)

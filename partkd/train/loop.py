@@ -151,14 +151,51 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, b
     return result
 
 
+def gradient_names(task: Task) -> tuple[str, ...]:
+    """The metrics :func:`term_gradients` gives a task of several terms: one norm per term and their cosine."""
+    if len(task.weights) < 2:
+        return ()
+    return (*(name.replace("loss/", "grad/") for name in task.weights), "grad/cos")
+
+
+def term_gradients(model: nn.Module, task: Task, batch: dict, generator: torch.Generator) -> dict[str, Tensor]:
+    """How hard each term of the loss pulls: the norm of the gradient of each weighted term (``alpha * L_pmsc`` for
+    the distillation term) over every trainable parameter, and the cosine between the first two (< 0: they pull
+    against each other). Measured on ``batch`` without touching the training: the plain module (no DDP
+    all-reduce), forked RNG and generator, and the batch-norm statistics restored."""
+    module = unwrap(model)
+    buffers = {name: buffer.clone() for name, buffer in module.named_buffers()}
+    params = [p for p in module.parameters() if p.requires_grad]
+    probe = torch.Generator(generator.device).set_state(generator.get_state())
+    devices = [generator.device] if generator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        result = task.step(module, batch, probe)
+        flat = []
+        for name, weight in task.weights.items():
+            grads = torch.autograd.grad(weight * result.terms[name], params, retain_graph=True, allow_unused=True)
+            flat.append(torch.cat([(g if g is not None else torch.zeros_like(p)).float().flatten()
+                                   for g, p in zip(grads, params)]))
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            buffer.copy_(buffers[name])
+    out = {name.replace("loss/", "grad/"): g.norm() for name, g in zip(task.weights, flat)}
+    out["grad/cos"] = F.cosine_similarity(flat[0], flat[1], dim=0)
+    return out
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, batches: Iterable[dict],
-                generator: torch.Generator, device: torch.device) -> dict[str, float]:
+                generator: torch.Generator, device: torch.device, world_size: int = 1) -> dict[str, float]:
     """One pass over the training batches: each step minimises the weighted sum of the task's terms. Returns the
-    epoch's per-sample means of every term, ``loss/total``, ``train/top1``, the counts and ``samples_per_s``."""
+    epoch's per-sample means of every term, ``loss/total``, ``train/top1``, the counts and ``samples_per_s``; for a
+    loss of several terms also :func:`term_gradients` on the epoch's first batch (mean over ranks)."""
     model.train()
-    meters = EpochMeters(device, means=(*task.weights, "train/top1"), counts=task.counts)
+    probes = gradient_names(task)
+    meters = EpochMeters(device, means=(*task.weights, "train/top1"), counts=(*task.counts, *probes))
     began = time.perf_counter()
-    for batch in batches:
+    for step, batch in enumerate(batches):
+        if step == 0 and probes:
+            for name, value in term_gradients(model, task, batch, generator).items():
+                meters.add(name, value / world_size)
         result = train_step(model, optimizer, task, batch, generator)
         size = len(batch["label"])
         for name in task.weights:
@@ -212,7 +249,7 @@ def fit(job: JobConfig, meta: CheckpointMeta, session: WorkerSession) -> None:
     for epoch in range(start, job.train.epochs):
         generator = seed_epoch(job.train, epoch, session.rank, session.device)
         metrics = train_epoch(model, optimizer, task, session.batches("train", epoch, shuffle=True), generator,
-                              session.device)
+                              session.device, session.world_size)
         metrics["lr"] = scheduler.get_last_lr()[0]
         scheduler.step()
         metrics["val/top1"] = evaluate_top1(model, session.batches("val", epoch, shuffle=False), task.side, layout,

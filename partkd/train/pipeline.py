@@ -3,21 +3,30 @@
 Used by ``partkd demo`` and ``partkd bench kd``; every stage is also its own command. The whole pipeline is one MLflow
 parent run whose children are the training jobs; the parent holds the results table (Markdown and CSV), E and the
 confusion matrices.
+
+Two views of the students (:data:`VIEWS`): ``paper``, the paper's protocol, trains one student per (objective, OP),
+on LQ skeletons occluded at the OP it is then tested at; ``robustness`` trains one student per objective at
+``data.occlusion_prob`` (0 by default) and tests it at every OP. The teacher and E are shared either way. Training
+occlusion masks are drawn once per (sample, ``data.seed``) and stay fixed over the epochs.
 """
 
 from __future__ import annotations
 
+import io
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from partkd import tracking
+import numpy as np
+
+from partkd import storage, tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import SynthConfig
+from partkd.part_matrix import part_matrix_spread
 from partkd.train.config import JobConfig, load_config
 from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, plot_confusion
-from partkd.train.jobs import JobResult, absolute_paths, check_backend, train_student, train_teacher
+from partkd.train.jobs import absolute_paths, check_backend, train_student, train_teacher
 from partkd.train.objectives import get_objective
 from partkd.train.results import results_table
 from partkd.train.session import job_device
@@ -48,39 +57,61 @@ def preset_job(preset: str, data: Path, storage: Path, seed: int, name: str, set
     ])
 
 
+VIEWS = {
+    "paper": "the paper's protocol: each student trained on LQ occluded at the OP it is tested at",
+    "robustness": "robustness view: each student trained at one OP (data.occlusion_prob) and tested at every OP",
+}
+
+
+def check_view(view: str) -> None:
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; known views: {', '.join(VIEWS)}")
+
+
 @dataclass
 class PipelineResult:
-    rows: list[dict]  # key, model, skeleton, op, top1, top5
+    rows: list[dict]  # key, model, skeleton, train_op, op, top1, top5
     markdown: str
     csv: str
     run_id: str
-    checkpoints: dict[str, str]  # local paths or URIs, as train.storage_path is
+    checkpoints: dict[str, str]  # key (paper view: key@training OP) -> local path or URI, as train.storage_path is
     part_matrix: str
 
 
 def run_pipeline(job: JobConfig, say: Callable[[str], None] = print, objectives: tuple[str, ...] = ("ce", "pmsc"),
-                 backend: str = "ray") -> PipelineResult:
-    """Train and evaluate the models of Table 1 on ``job.data.path`` with ``job``'s settings: the teacher, then a
-    student per objective (``ce`` is the student without KD; all four give the paper's Table 4 ablation).
-    ``backend``: ``ray`` (Ray Train jobs) or ``local`` (every job in this process)."""
+                 backend: str = "ray", view: str = "paper") -> PipelineResult:
+    """Train and evaluate the models of Table 1 on ``job.data.path`` with ``job``'s settings: the teacher, then the
+    students of each objective (``ce`` is the student without KD; all four give the paper's Table 4 ablation) as
+    ``view`` says (:data:`VIEWS`). ``backend``: ``ray`` (Ray Train jobs) or ``local`` (every job in this process)."""
     check_backend(backend)
+    check_view(view)
     job = absolute_paths(job)
     info = load_info(job.data.path)
     uri = job.tracking_uri or tracking.tracking_uri()
     name = job.train.name or f"pipeline-{info['name']}-seed{job.train.seed}"
     with tracking.run(uri, f"partkd/{info['name']}", name, job.flat(),
-                      {"kind": "pipeline", "dataset_fingerprint": info["fingerprint"]},
+                      {"kind": "pipeline", "view": view, "dataset_fingerprint": info["fingerprint"]},
                       parent_run_id=job.parent_run_id or None, dataset=(info, job.data.path)) as parent:
         job = replace(job, tracking_uri=uri, parent_run_id=parent)
-        result = _stages(job, info, name, say, objectives, backend)
+        result = _stages(job, info, name, say, objectives, backend, view)
         tracking.log_texts(uri, parent, {"results/results.md": result.markdown, "results/results.csv": result.csv})
         tracking.log_metrics(uri, parent, {f"test/top1/{r['key']}/op{r['op']:.1f}": r["top1"] for r in result.rows})
     result.run_id = parent
     return result
 
 
-def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, ...], backend: str) -> PipelineResult:
-    stages = 2 + len(objectives)
+def student_plan(job: JobConfig, objectives: tuple[str, ...], view: str) -> list[tuple[str, float, tuple[float, ...]]]:
+    """The students ``view`` trains: (objective, training OP, test OPs) in the order of the table."""
+    test_ops = job.data.eval_occlusion_probs
+    if view == "robustness":
+        return [(objective, job.data.occlusion_prob, test_ops) for objective in objectives]
+    return [(objective, op, (op,)) for objective in objectives for op in test_ops]
+
+
+def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, ...], backend: str,
+            view: str) -> PipelineResult:
+    plan = student_plan(job, objectives, view)
+    stages = 2 + len(plan)
     say(f"[1/{stages}] teacher: ST-GCN on HQ {info['hq_layout']} ({job.train.epochs} epochs, "
         f"{job.train.num_workers} Ray Train worker(s))")
     teacher = train_teacher(replace(job, train=replace(job.train, name=f"{name}-teacher")), say, backend=backend)
@@ -91,30 +122,40 @@ def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, .
                                           device=job_device(job.train))
     for file in (part_matrix, part_matrix.removesuffix(".npy") + ".png"):
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, file, "part_matrix")
+    spread = part_matrix_spread(np.load(io.BytesIO(storage.read_bytes(part_matrix))))
+    tracking.log_metrics(job.tracking_uri, job.parent_run_id, {
+        tracking.metric_name(f"E/{stat}/{name}"): float(value) for stat, values in spread.items()
+        for name, value in zip(info["class_names"], values)})
+    say(f"      E rows: entropy/log P {spread['entropy'].min():.3f}-{spread['entropy'].max():.3f}, "
+        f"miss-rate spread {spread['miss_range'].min():.2f}-{spread['miss_range'].max():.2f}")
 
-    students: dict[str, JobResult] = {}
-    for step, objective in enumerate(map(get_objective, objectives), start=3):
-        say(f"[{step}/{stages}] {objective.label.lower()}: ST-GCN on LQ {info['lq_layout']}, loss {objective.name}")
+    say(f"students: {VIEWS[view]}")
+    models = [("teacher", "Teacher", teacher, f"HQ {info['hq_layout']}", 0.0, (0.0,))]
+    for step, (objective, train_op, test_ops) in enumerate(plan, start=3):
+        objective = get_objective(objective)
+        at = f"-op{train_op:g}" if view == "paper" else ""
+        say(f"[{step}/{stages}] {objective.label.lower()}: ST-GCN on LQ {info['lq_layout']} at OP {train_op:g}, "
+            f"loss {objective.name}")
         student_job = replace(job, teacher_checkpoint=teacher.checkpoint, part_matrix=part_matrix,
+                              data=replace(job.data, occlusion_prob=train_op),
                               loss=replace(job.loss, objective=objective.name),
-                              train=replace(job.train, name=f"{name}-student-{objective.name}"))
-        students[objective.name] = train_student(student_job, say, backend=backend)
-        say(f"      val top-1 {100 * students[objective.name].metrics['val/top1']:.1f}%")
+                              train=replace(job.train, name=f"{name}-student-{objective.name}{at}"))
+        student = train_student(student_job, say, backend=backend)
+        say(f"      val top-1 {100 * student.metrics['val/top1']:.1f}%")
+        models.append((f"student_{objective.name}", objective.label, student, f"LQ {info['lq_layout']}", train_op,
+                       test_ops))
 
     say("evaluating on the test split at OP " + ", ".join(f"{p:g}" for p in job.data.eval_occlusion_probs))
-    models = [("teacher", "Teacher", teacher, f"HQ {info['hq_layout']}", (0.0,))]
-    models += [(f"student_{o}", get_objective(o).label, students[o], f"LQ {info['lq_layout']}",
-                job.data.eval_occlusion_probs) for o in objectives]
-    rows = []
+    rows, checkpoints = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        for key, label, result, skeleton, probs in models:
+        for key, label, result, skeleton, train_op, probs in models:
+            checkpoints[key if view == "robustness" or key == "teacher" else f"{key}@{train_op:g}"] = result.checkpoint
             for ev in evaluate_checkpoint(result.checkpoint, occlusion_probs=probs, device=job_device(job.train)):
-                rows.append({"key": key, "model": label, "skeleton": skeleton, "op": ev.occlusion_prob,
-                             "top1": ev.top1, "top5": ev.top5})
+                rows.append({"key": key, "model": label, "skeleton": skeleton, "train_op": train_op,
+                             "op": ev.occlusion_prob, "top1": ev.top1, "top5": ev.top5})
                 if ev.occlusion_prob == 0.0:
                     png = Path(tmp) / f"confusion_{key}.png"
                     plot_confusion(ev.confusion, info["class_names"], png, f"{label}, OP 0")
                     tracking.log_artifacts(job.tracking_uri, job.parent_run_id, png, "confusion")
     markdown, csv = results_table(rows, job.data.protocol)
-    checkpoints = {"teacher": teacher.checkpoint, **{f"student_{k}": v.checkpoint for k, v in students.items()}}
     return PipelineResult(rows, markdown, csv, "", checkpoints, part_matrix)

@@ -1,24 +1,45 @@
 """Result tables: the paper's Table 1 for one run, and its mean ± std over seeds with paired gains.
 
-A row is ``{"key", "model", "skeleton", "op", "top1", "top5"}`` (plus ``"seed"`` over seeds): ``key`` names the
-model (``teacher``, ``student_<objective>``), ``model`` is its label in the table.
+A row is ``{"key", "model", "skeleton", "train_op", "op", "top1", "top5"}`` (plus ``"seed"`` over seeds): ``key``
+names the model (``teacher``, ``student_<objective>``), ``model`` is its label in the table, ``train_op`` the OP of
+the synthesized occlusion it was trained on and ``op`` the one it was tested at. One format for the README, MLflow
+and the closing notes: :func:`summarise`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
 
 
 def results_table(rows: list[dict], protocol: str) -> tuple[str, str]:
-    """Table 1 of the paper as Markdown and CSV: one row per (model, OP) with top-1/top-5 in %."""
-    header = ["model", "skeleton", "OP", f"top-1 ({protocol})", f"top-5 ({protocol})"]
+    """Table 1 of the paper as Markdown and CSV: one row per (model, training OP, test OP) with top-1/top-5 in %."""
+    header = ["model", "skeleton", "trained at OP", "OP", f"top-1 ({protocol})", f"top-5 ({protocol})"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     csv = [",".join(header)]
     for r in rows:
-        cells = [r["model"], r["skeleton"], f"{r['op']:.1f}", f"{100 * r['top1']:.2f}", f"{100 * r['top5']:.2f}"]
+        cells = [r["model"], r["skeleton"], f"{r['train_op']:.1f}", f"{r['op']:.1f}", f"{100 * r['top1']:.2f}",
+                 f"{100 * r['top5']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
         csv.append(",".join(cells))
     return "\n".join(lines) + "\n", "\n".join(csv) + "\n"
+
+
+def paired_gain(differences: list[float] | np.ndarray, confidence: float = CONFIDENCE) -> dict:
+    """Statistics of per-seed paired differences (student - baseline, same data, masks and seed): mean, sample std,
+    the Student-t confidence interval of the mean (none for one seed) and the number of seeds where it is > 0."""
+    d = np.asarray(differences, dtype=float)
+    n = len(d)
+    mean = float(d.mean())
+    std = float(d.std(ddof=1)) if n > 1 else 0.0
+    if n > 1:
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / np.sqrt(n)
+        low, high = mean - half, mean + half
+    else:
+        low = high = float("nan")
+    return {"n": n, "mean": mean, "std": std, "ci_low": low, "ci_high": high, "wins": int((d > 0).sum())}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -27,23 +48,33 @@ def _mean_std(values: list[float]) -> str:
     return f"{v.mean():.2f} ± {std:.2f}"
 
 
+def _gain_cells(gain: dict) -> list[str]:
+    ci = "" if gain["n"] < 2 else f"[{gain['ci_low']:+.2f}, {gain['ci_high']:+.2f}]"
+    return [f"{gain['mean']:+.2f} ± {gain['std']:.2f}", ci, f"{gain['wins']}/{gain['n']}"]
+
+
 def summarise(rows: list[dict], baseline: tuple[str, str] = ("student_ce", "w/o KD")) -> tuple[str, str]:
-    """Markdown (mean ± std over seeds, with each student's gains over the ``baseline`` key, named by its label,
-    paired by seed) and CSV (every seed's row)."""
+    """Markdown (mean ± std over seeds; each student's gain over the ``baseline`` key, named by its label, paired
+    by seed and by training and test OP: mean ± std, 95 % t interval, wins) and CSV (every seed's row)."""
     base_key, base_label = baseline
     seeds = sorted({r["seed"] for r in rows})
-    by = {(r["key"], r["op"], r["seed"]): r for r in rows}
-    groups = list(dict.fromkeys((r["key"], r["model"], r["skeleton"], r["op"]) for r in rows))
-    lines = [f"| model | skeleton | OP | top-1 % | top-5 % | top-1 gain over {base_label} (points) |",
-             "|---|---|---|---|---|---|"]
-    for key, model, skeleton, op in groups:
-        top1 = [by[key, op, s]["top1"] for s in seeds]
-        top5 = [by[key, op, s]["top5"] for s in seeds]
-        gain = ""
-        if key.startswith("student_") and key != base_key and all((base_key, op, s) in by for s in seeds):
-            gain = _mean_std([by[key, op, s]["top1"] - by[base_key, op, s]["top1"] for s in seeds])
-        lines.append(f"| {model} | {skeleton} | {op:.1f} | {_mean_std(top1)} | {_mean_std(top5)} | {gain} |")
-    lines.append(f"\nmean ± std (sample std) over {len(seeds)} seeds: {', '.join(map(str, seeds))}")
-    csv = ["seed,model,skeleton,op,top1,top5"]
-    csv += [f"{r['seed']},{r['model']},{r['skeleton']},{r['op']:.1f},{r['top1']:.6f},{r['top5']:.6f}" for r in rows]
+    by = {(r["key"], r["train_op"], r["op"], r["seed"]): r for r in rows}
+    groups = list(dict.fromkeys((r["key"], r["model"], r["skeleton"], r["train_op"], r["op"]) for r in rows))
+    lines = [f"| model | skeleton | trained at OP | OP | top-1 % | top-5 % | top-1 gain over {base_label} (points) "
+             f"| {CONFIDENCE:.0%} CI | wins |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, model, skeleton, train_op, op in groups:
+        top1 = [by[key, train_op, op, s]["top1"] for s in seeds]
+        top5 = [by[key, train_op, op, s]["top5"] for s in seeds]
+        gain = ["", "", ""]
+        if key.startswith("student_") and key != base_key and all((base_key, train_op, op, s) in by for s in seeds):
+            gain = _gain_cells(paired_gain([100 * (by[key, train_op, op, s]["top1"]
+                                                   - by[base_key, train_op, op, s]["top1"]) for s in seeds]))
+        lines.append(f"| {model} | {skeleton} | {train_op:.1f} | {op:.1f} | {_mean_std(top1)} | {_mean_std(top5)} | "
+                     + " | ".join(gain) + " |")
+    lines.append(f"\nmean ± std (sample std) over {len(seeds)} seeds: {', '.join(map(str, seeds))}; gain: the "
+                 f"per-seed difference from {base_label} at the same training and test OP (same data, occlusion "
+                 f"masks and initial weights), its {CONFIDENCE:.0%} Student-t interval and the seeds where it is > 0")
+    csv = ["seed,model,skeleton,train_op,op,top1,top5"]
+    csv += [f"{r['seed']},{r['model']},{r['skeleton']},{r['train_op']:.1f},{r['op']:.1f},{r['top1']:.6f},"
+            f"{r['top5']:.6f}" for r in rows]
     return "\n".join(lines) + "\n", "\n".join(csv) + "\n"
