@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import re
+import subprocess
 import threading
 import time
 import urllib.parse
