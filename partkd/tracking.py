@@ -177,6 +177,11 @@ def metric_name(name: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", name)
 
 
+def metric_history(uri: str, run_id: str, key: str) -> list[float]:
+    """A run's values of metric ``key``, by step (epoch)."""
+    return [m.value for m in sorted(_client(uri).get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
 def log_metrics(uri: str, run_id: str, metrics: dict) -> None:
     log_epoch_metrics(uri, run_id, metrics, 0)
 

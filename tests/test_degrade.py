@@ -106,6 +106,16 @@ def test_2d_penn_maps_to_itself_and_noise_changes_it(tmp_path):
     (h,) = iter_samples(tmp_path / "heavy")
     assert (h.lq_score > 0).sum() < (score > 0).sum() and not np.array_equal(h.lq, hq)
     assert load_info(tmp_path / "heavy")["info"]["noise_profile"]["drop_prob"] == 0.18
+    # heterogeneous: penn13 -> coco17, the face Penn does not annotate kept as joints never seen
+    degrade_dataset(tmp_path / "src", tmp_path / "coco", noise="none", layout="coco17", mark_missing=True)
+    (c,) = iter_samples(tmp_path / "coco")
+    face = ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]
+    assert load_info(tmp_path / "coco")["info"]["missing_joints"] == sorted(face)
+    for joint in COCO17.joints:
+        if joint in face:
+            assert (c.lq_score[..., COCO17.index(joint)] == 0).all() and (c.lq[..., COCO17.index(joint), :] == 0).all()
+        else:
+            np.testing.assert_array_equal(c.lq[..., COCO17.index(joint), :], hq[..., PENN13.index(joint), :])
 
 
 def test_paired_fraction_is_exact_per_class_and_seeded(tmp_path):

@@ -19,8 +19,9 @@ from pathlib import Path
 from partkd import tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import synth_info, write_synthetic
-from partkd.train.pipeline import check_view, preset_job, preset_synth, run_pipeline
+from partkd.train.pipeline import VIEWS, check_view, preset_job, preset_synth, run_pipeline
 from partkd.train.results import summarise
+from partkd.train.schedule import choose_schedule
 
 
 def synthetic_dataset(out: Path, preset: str, seed: int, paired_fraction: float,
@@ -41,22 +42,35 @@ def synthetic_dataset(out: Path, preset: str, seed: int, paired_fraction: float,
 
 def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ...], preset: str,
                  sets: list[str] = (), say: Callable[[str], None] = print, view: str = "paper",
-                 backend: str = "ray") -> str:
+                 backend: str = "ray", schedule: str = "preset") -> str:
     """Run the pipeline for each ``seed -> dataset`` and write ``out/results.md`` and ``out/results.csv``.
 
     The benchmark is an MLflow run ``bench-kd-<out>``; each seed's pipeline is nested under it, each training job
-    under its pipeline.
+    under its pipeline. ``schedule="auto"`` replaces the preset's epochs and milestones by the schedule a pilot
+    teacher on the first seed's data chooses on a validation slice (:func:`~partkd.train.schedule.choose_schedule`),
+    the same for every seed; ``"preset"`` keeps the preset's.
     """
+    if schedule not in ("preset", "auto"):
+        raise ValueError(f"unknown schedule {schedule!r}; known: preset, auto")
     check_view(view)
     out = Path(out).resolve()
     first = preset_job(preset, datasets[min(datasets)], out / "ray", min(datasets), out.name, sets)
     uri = first.tracking_uri or tracking.tracking_uri()
     info = load_info(datasets[min(datasets)])
     params = {**first.flat(), "bench.seeds": ",".join(map(str, datasets)), "bench.objectives": ",".join(objectives),
-              "bench.preset": preset, "bench.view": view}
+              "bench.preset": preset, "bench.view": view, "bench.schedule": schedule}
     rows = []
     tags = {"kind": "benchmark", "view": view}
     with tracking.run(uri, f"partkd/{info['name']}", f"bench-kd-{out.name}", params, tags) as bench:
+        note = f"schedule: the {preset} preset's, {first.train.epochs} epochs"
+        if schedule == "auto":
+            chosen = choose_schedule(replace(first, tracking_uri=uri, parent_run_id=bench), say, backend)
+            sets = [*sets, *chosen.sets()]
+            tracking.set_tags(uri, bench, {"schedule.epochs": chosen.epochs, "schedule.rule": chosen.rule})
+            for epoch, value in enumerate(chosen.curve):
+                tracking.log_epoch_metrics(uri, bench, {"schedule/val_top1": value}, epoch)
+            note = (f"schedule: {chosen.epochs} epochs, lr x 0.1 at epochs {','.join(map(str, chosen.milestones))}, "
+                    f"chosen by a {chosen.rule}")
         for seed, data in datasets.items():
             began = time.perf_counter()
             say(f"=== seed {seed}: {data}")
@@ -65,6 +79,7 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
             rows += [{**r, "seed": seed} for r in result.rows]
             say(f"=== seed {seed} done in {time.perf_counter() - began:.0f} s")
             markdown, csv = summarise(rows)
+            markdown += f"\nstudents: {VIEWS[view]}; {note}\n"
             (out / "results.md").write_text(markdown)  # after every seed: an interrupted benchmark keeps what it did
             (out / "results.csv").write_text(csv)
         tracking.log_texts(uri, bench, {"results/results.md": markdown, "results/results.csv": csv})

@@ -39,7 +39,7 @@ def cmd_bench_kd(args) -> int:
         paired = 1.0 if args.paired_fraction is None else args.paired_fraction
         datasets = {seed: synthetic_dataset(out, args.preset, seed, paired, say) for seed in seeds}
     run_kd_bench(out, datasets, objectives, args.preset, list(args.set or []), say=say, view=args.view,
-                 backend=args.backend)
+                 backend=args.backend, schedule=args.schedule)
     print(f"results: {out / 'results.md'}  (per seed: {out / 'results.csv'})")
     return 0
 
@@ -66,6 +66,9 @@ def register(commands) -> None:
     p.add_argument("--view", choices=("paper", "robustness"), default="paper",
                    help="paper (default): one student per objective and OP, trained at the OP it is tested at; "
                         "robustness: one student per objective trained at data.occlusion_prob, tested at every OP")
+    p.add_argument("--schedule", choices=("preset", "auto"), default="preset",
+                   help="preset (default): the preset's epochs; auto: as many as a pilot teacher needs until its "
+                        "top-1 on a validation slice of the training split stops rising (never the test split)")
     p.add_argument("--set", action="append", help="override a setting, e.g. --set loss.alpha=2")
     backend_option(p)
     p.set_defaults(func=cmd_bench_kd)

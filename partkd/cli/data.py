@@ -123,7 +123,8 @@ def cmd_degrade(args) -> int:
 
     report = degrade_dataset(
         args.dir, args.out, noise=args.noise, layout=args.layout, paired_fraction=args.paired_fraction,
-        seed=args.seed, approximate=not args.no_approximate, camera=CameraConfig(max_yaw_deg=args.max_yaw),
+        seed=args.seed, approximate=not args.no_approximate, mark_missing=args.missing_joints == "mark",
+        camera=CameraConfig(max_yaw_deg=args.max_yaw),
         name=args.name, overwrite=args.overwrite, rows_per_shard=args.rows_per_shard,
         progress=None if args.quiet else ProgressPrinter("degrade"),
     )
@@ -231,6 +232,9 @@ def register(commands) -> None:
                                                                "degrees")
     p.add_argument("--no-approximate", action="store_true",
                    help="refuse target joints the HQ layout lacks instead of approximating the face from the head")
+    p.add_argument("--missing-joints", choices=("refuse", "mark"), default="refuse",
+                   help="target joints the HQ layout cannot give (penn13 -> coco17: the face): refuse (default) or "
+                        "mark them missing in every frame (score 0), as joints the estimator never finds")
     p.set_defaults(func=cmd_degrade)
 
     p = data_subparsers.add_parser("show", help="render one sample's HQ and LQ side by side (PNG strip or GIF)")

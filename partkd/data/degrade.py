@@ -8,7 +8,8 @@ For each sample with an HQ side, in a NEW dataset directory (the input is never 
    conventions (:data:`~partkd.data.synth.FOCAL_PX`, :data:`~partkd.data.synth.IMAGE_SIZE`; image ``u`` grows with
    camera ``x`` as NTU's ``colorX`` does, image ``v`` points down). 2D HQ (``penn13``, ``coco17``...) keeps its pixels.
 2. **joints** map by name into the target 2D layout. A target joint the source lacks is refused with the list of
-   missing joints, except that a 3D source can approximate the face, which Kinect does not track: nose, eyes and
+   missing joints (``mark_missing=True`` keeps it, never seen: score 0, listed in ``info.missing_joints``), except
+   that a 3D source can approximate the face, which Kinect does not track: nose, eyes and
    ears are placed at the synthetic body's offsets from the head along the person's own axes (up = neck or spine
    shoulder -> head, left = right -> left shoulder), and a missing ``neck`` is the spine-shoulder joint. Approximated
    joints are listed in ``dataset.json`` (``info.approximated_joints``); ``approximate=False`` refuses them instead.
@@ -63,8 +64,11 @@ class CameraConfig:
 # --------------------------------------------------------------------------------------------------- joint plan
 
 
-def joint_plan(source: Layout, target: Layout, approximate: bool = True) -> dict[str, str]:
-    """How each target joint is obtained: ``"copy"`` or ``"approximate"``; refuses joints that cannot be had."""
+def joint_plan(source: Layout, target: Layout, approximate: bool = True, mark_missing: bool = False
+               ) -> dict[str, str]:
+    """How each target joint is obtained: ``"copy"``, ``"approximate"`` or, with ``mark_missing``, ``"missing"``
+    (never seen: coordinates 0, score 0, as an estimator's joint that the annotation cannot give); otherwise refuses
+    joints that cannot be had."""
     if target.dims != 2:
         raise ValueError(f"degrade makes a 2D LQ side; target layout {target.name} is {target.dims}D")
     approximable = set()
@@ -82,9 +86,12 @@ def joint_plan(source: Layout, target: Layout, approximate: bool = True) -> dict
             plan[joint] = "approximate"
         else:
             missing.append(joint)
-    if missing:
+    if missing and mark_missing:
+        plan.update(dict.fromkeys(missing, "missing"))
+    elif missing:
         how = "" if source.dims == 2 or approximate else " (approximation of face joints is off)"
-        raise ValueError(f"cannot map {source.name} to {target.name}: {source.name} has no {', '.join(missing)}{how}")
+        raise ValueError(f"cannot map {source.name} to {target.name}: {source.name} has no {', '.join(missing)}{how}"
+                         f"; --missing-joints mark keeps them as missing joints")
     return plan
 
 
@@ -205,6 +212,7 @@ def degrade_dataset(
     paired_fraction: float = 1.0,
     seed: int = 0,
     approximate: bool = True,
+    mark_missing: bool = False,
     camera: CameraConfig = CameraConfig(),
     name: str | None = None,
     overwrite: bool = False,
@@ -221,7 +229,7 @@ def degrade_dataset(
         raise ValueError(f"{src}: has no HQ side to degrade (dataset.json declares no hq_layout)")
     source = get_layout(info["hq_layout"])
     target = get_layout(layout or DEFAULT_TARGET.get(source.name, source.name))
-    plan = joint_plan(source, target, approximate)
+    plan = joint_plan(source, target, approximate, mark_missing)
     profile = get_noise_profile(noise)
     keep = hq_keep_set(src, paired_fraction, seed)
     notes = []
@@ -243,6 +251,7 @@ def degrade_dataset(
             **asdict(camera), "focal_px": FOCAL_PX, "image_size": list(IMAGE_SIZE)},
         "approximated_joints": {j: "from the head along the person's axes" if j != "neck" else "spine_shoulder"
                                 for j in approximated},
+        "missing_joints": sorted(j for j, how in plan.items() if how == "missing"),
         "source_info": info.get("info", {}),
     }
     write = WriteOptions(overwrite=overwrite, rows_per_shard=rows_per_shard, progress=progress)

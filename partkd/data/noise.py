@@ -32,6 +32,29 @@ class NoiseProfile:
                 raise ValueError(f"noise profile {self.name}: {name} must be in [0, 1]")
 
 
+# "bottom-up-2d": a fast bottom-up 2D estimator (OpenPose, OpenPifPaf) on one person, its parameters set from
+# published measurements only, before any KD result was looked at (issue 13):
+# - Ronchi & Perona, "Benchmarking and Error Diagnosis in Multi-Instance Pose Estimation", ICCV 2017
+#   (arXiv:1707.05388; code github.com/matteorr/coco-analyze, Params.jitterKsThrs = [.5, .85]): a keypoint is
+#   good at keypoint similarity ks > .85, jitter at .5 <= ks < .85, inversion (left/right) or miss otherwise; about
+#   25 % of predicted keypoints of state-of-the-art methods have a localisation error (Ronchi's thesis, Caltech,
+#   Sec. 6.5, Fig. 6.6a).
+# - COCO keypoint evaluation (cocodataset.org/#keypoints-eval, Sec. 4), CMU's bottom-up OpenPose at OKS .9: AP .327,
+#   +.088 with misses fixed, +.033 swaps, +.097 inversions, +.314 jitter. We split the 25 % in proportion to these
+#   AP gains (a proxy: the shares themselves are only in the paper's pie charts): jitter 14.8 %, inversion 4.6 %,
+#   miss 4.1 % of keypoints, swap 1.6 % (onto another person: none with one person, left out).
+# - ks = exp(-d^2 / (2 s^2 k^2)), k = 2 sigma, sigma the COCO per-keypoint constants (.025-.107, mean .067 over the
+#   17 keypoints): ks = .85 at d = 0.570 k s = 0.076 s. Jitter 14.8 % beyond that distance: a 2D Gaussian of
+#   per-axis std 0.076 s / sqrt(2 ln(1 / 0.148)) = 0.039 s. s^2 is the person's segment area; with s = 0.4 h for an
+#   upright person (our assumption: a silhouette of about 16 % of h^2) that is 0.016 h, all of it per frame (no
+#   published split of per-frame and per-person error, so bias 0); doubled at wrists and ankles as every profile
+#   here does.
+# - inversion: 4.6 % of keypoints = swapped frames x 16/17 keypoints with a left/right partner; a burst lasts 7.5
+#   frames on average, so 0.046 / (7.5 * 16 / 17) = 0.0065 per frame. Miss: drop_prob 0.041.
+# - nothing published for whole-limb occlusion or frames without a detection on these datasets: 0 (a dataset's own
+#   invisible joints stay missing on the LQ side).
+BOTTOM_UP_2D = NoiseProfile("bottom-up-2d", jitter=0.016, bias=0.0, swap_prob=0.0065, drop_prob=0.041)
+
 NOISE_PROFILES: dict[str, NoiseProfile] = {
     p.name: p
     for p in (
@@ -42,6 +65,7 @@ NOISE_PROFILES: dict[str, NoiseProfile] = {
                      part_occlusion_prob=0.35, frame_drop_prob=0.03),
         NoiseProfile("heavy", jitter=0.04, bias=0.05, swap_prob=0.03, drop_prob=0.18, part_occlusion_prob=0.7,
                      frame_drop_prob=0.08),
+        BOTTOM_UP_2D,
     )
 }
 
