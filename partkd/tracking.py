@@ -182,6 +182,12 @@ def metric_history(uri: str, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(_client(uri).get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+def metric_histories(uri: str, run_id: str, *prefixes: str) -> dict[str, list[float]]:
+    """Every metric of a run whose name starts with one of ``prefixes``, by step."""
+    names = [k for k in _client(uri).get_run(run_id).data.metrics if k.startswith(prefixes)]
+    return {name: metric_history(uri, run_id, name) for name in names}
+
+
 def log_metrics(uri: str, run_id: str, metrics: dict) -> None:
     log_epoch_metrics(uri, run_id, metrics, 0)
 

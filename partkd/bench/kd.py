@@ -16,10 +16,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from partkd import tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import synth_info, write_synthetic
-from partkd.train.pipeline import VIEWS, check_view, preset_job, preset_synth, run_pipeline
+from partkd.train.pipeline import VIEWS, check_view, preset_job, preset_synth, run_pipeline, student_kinds
 from partkd.train.results import summarise
 from partkd.train.schedule import choose_schedule
 
@@ -42,7 +44,7 @@ def synthetic_dataset(out: Path, preset: str, seed: int, paired_fraction: float,
 
 def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ...], preset: str,
                  sets: list[str] = (), say: Callable[[str], None] = print, view: str = "paper",
-                 backend: str = "ray", schedule: str = "preset") -> str:
+                 backend: str = "ray", schedule: str = "preset", variants: dict[str, list[str]] | None = None) -> str:
     """Run the pipeline for each ``seed -> dataset`` and write ``out/results.md`` and ``out/results.csv``.
 
     The benchmark is an MLflow run ``bench-kd-<out>``; each seed's pipeline is nested under it, each training job
@@ -50,6 +52,7 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
     teacher on the first seed's data chooses on a validation slice (:func:`~partkd.train.schedule.choose_schedule`),
     the same for every seed; ``"preset"`` keeps the preset's.
     """
+    student_kinds(objectives, variants)  # refused before any work
     if schedule not in ("preset", "auto"):
         raise ValueError(f"unknown schedule {schedule!r}; known: preset, auto")
     check_view(view)
@@ -59,7 +62,7 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
     info = load_info(datasets[min(datasets)])
     params = {**first.flat(), "bench.seeds": ",".join(map(str, datasets)), "bench.objectives": ",".join(objectives),
               "bench.preset": preset, "bench.view": view, "bench.schedule": schedule}
-    rows = []
+    rows, runs = [], {}
     tags = {"kind": "benchmark", "view": view}
     with tracking.run(uri, f"partkd/{info['name']}", f"bench-kd-{out.name}", params, tags) as bench:
         note = f"schedule: the {preset} preset's, {first.train.epochs} epochs"
@@ -75,13 +78,84 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
             began = time.perf_counter()
             say(f"=== seed {seed}: {data}")
             job = preset_job(preset, data, out / "ray", seed, f"{out.name}-seed{seed}", sets)
-            result = run_pipeline(replace(job, tracking_uri=uri, parent_run_id=bench), say, objectives, backend, view)
+            result = run_pipeline(replace(job, tracking_uri=uri, parent_run_id=bench), say, objectives, backend, view,
+                                  variants)
             rows += [{**r, "seed": seed} for r in result.rows]
+            runs[seed] = result.runs
             say(f"=== seed {seed} done in {time.perf_counter() - began:.0f} s")
             markdown, csv = summarise(rows)
             markdown += f"\nstudents: {VIEWS[view]}; {note}\n"
             (out / "results.md").write_text(markdown)  # after every seed: an interrupted benchmark keeps what it did
             (out / "results.csv").write_text(csv)
         tracking.log_texts(uri, bench, {"results/results.md": markdown, "results/results.csv": csv})
+        curves = term_curves(uri, runs)
+        if curves:
+            (out / "curves.csv").write_text(curves_csv(curves))
+            plot_term_curves(curves, out / "curves.png")
+            for file in ("curves.csv", "curves.png"):
+                tracking.log_artifacts(uri, bench, out / file, "results")
     say("\n" + markdown)
     return markdown
+
+
+CURVES = ("loss/ce", "loss/kd", "grad/ce", "grad/kd", "grad/cos")
+
+
+def term_curves(uri: str, runs: dict[int, dict[str, str]]) -> dict[str, dict[str, np.ndarray]]:
+    """Per student of a distilling objective (``key@training OP``): each epoch's CE and distillation term, the
+    gradient norms of CE and of alpha times the term, and their cosine, as (seeds, epochs) arrays. The term's own
+    name (``loss/pmsc``, ``loss/kl``...) is read as ``kd``."""
+    out: dict[str, dict[str, list]] = {}
+    for by_key in runs.values():
+        for key, run_id in by_key.items():
+            history = tracking.metric_histories(uri, run_id, "loss/", "grad/")
+            kd = [name for name in history if name.startswith("grad/") and name not in ("grad/ce", "grad/cos")]
+            if not kd:
+                continue  # the teacher and students without KD have one term
+            term = kd[0].removeprefix("grad/")
+            renamed = {"loss/ce": "loss/ce", f"loss/{term}": "loss/kd", "grad/ce": "grad/ce", f"grad/{term}": "grad/kd",
+                       "grad/cos": "grad/cos"}
+            for name, curve in renamed.items():
+                out.setdefault(key, {}).setdefault(curve, []).append(history[name])
+    return {key: {name: np.asarray(v) for name, v in curves.items()} for key, curves in out.items()}
+
+
+def curves_csv(curves: dict[str, dict[str, np.ndarray]]) -> str:
+    """Mean and std over seeds per (student, epoch) of every curve."""
+    lines = ["student,epoch," + ",".join(f"{c}_mean,{c}_std" for c in CURVES)]
+    for key, by_name in curves.items():
+        for epoch in range(by_name["loss/ce"].shape[1]):
+            cells = [f"{by_name[c][:, epoch].mean():.6g},{by_name[c][:, epoch].std():.6g}" for c in CURVES]
+            lines.append(f"{key},{epoch + 1}," + ",".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def plot_term_curves(curves: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
+    """Three panels over epochs, mean over seeds per student: the loss terms, the gradient norms of CE and of the
+    weighted KD term, and their cosine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    colours = plt.get_cmap("tab10")
+    for index, (key, by_name) in enumerate(curves.items()):
+        epochs = np.arange(1, by_name["loss/ce"].shape[1] + 1)
+        colour = colours(index % 10)
+        for ax, names in ((axes[0], ("loss/ce", "loss/kd")), (axes[1], ("grad/ce", "grad/kd"))):
+            for name, style in zip(names, ("-", "--")):
+                ax.plot(epochs, by_name[name].mean(0), style, color=colour, label=f"{key} {name}")
+        axes[2].plot(epochs, by_name["grad/cos"].mean(0), color=colour, label=key)
+    titles = ("loss terms (solid CE, dashed KD unweighted)", "gradient norm: CE (solid), alpha x KD (dashed)",
+              "cosine of the two gradients")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=6)
+    axes[1].set_yscale("log")
+    axes[2].axhline(0.0, color="grey", linewidth=0.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

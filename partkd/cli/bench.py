@@ -39,9 +39,20 @@ def cmd_bench_kd(args) -> int:
         paired = 1.0 if args.paired_fraction is None else args.paired_fraction
         datasets = {seed: synthetic_dataset(out, args.preset, seed, paired, say) for seed in seeds}
     run_kd_bench(out, datasets, objectives, args.preset, list(args.set or []), say=say, view=args.view,
-                 backend=args.backend, schedule=args.schedule)
+                 backend=args.backend, schedule=args.schedule, variants=parse_variants(args.variant))
     print(f"results: {out / 'results.md'}  (per seed: {out / 'results.csv'})")
     return 0
+
+
+def parse_variants(entries: list[str] | None) -> dict[str, list[str]]:
+    """``NAME:section.key=value,section.key=value`` -> {NAME: [settings]}."""
+    variants = {}
+    for entry in entries or []:
+        name, sep, sets = entry.partition(":")
+        if not sep or not name or not sets:
+            raise ValueError(f"--variant {entry!r}: expected NAME:section.key=value[,section.key=value...]")
+        variants[name] = [item for item in sets.split(",") if item]
+    return variants
 
 
 def register(commands) -> None:
@@ -69,6 +80,9 @@ def register(commands) -> None:
     p.add_argument("--schedule", choices=("preset", "auto"), default="preset",
                    help="preset (default): the preset's epochs; auto: as many as a pilot teacher needs until its "
                         "top-1 on a validation slice of the training split stops rising (never the test split)")
+    p.add_argument("--variant", action="append", metavar="NAME:SETTINGS",
+                   help="settings for students listed as objective:NAME in --objectives, e.g. --variant "
+                        "tuned:loss.alpha=4.23,loss.w=0.81,loss.tau=0.26 --objectives ce,pmsc,pmsc:tuned")
     p.add_argument("--set", action="append", help="override a setting, e.g. --set loss.alpha=2")
     backend_option(p)
     p.set_defaults(func=cmd_bench_kd)

@@ -76,15 +76,20 @@ class PipelineResult:
     run_id: str
     checkpoints: dict[str, str]  # key (paper view: key@training OP) -> local path or URI, as train.storage_path is
     part_matrix: str
+    runs: dict[str, str]  # the same keys -> MLflow run id of the training job
 
 
 def run_pipeline(job: JobConfig, say: Callable[[str], None] = print, objectives: tuple[str, ...] = ("ce", "pmsc"),
-                 backend: str = "ray", view: str = "paper") -> PipelineResult:
+                 backend: str = "ray", view: str = "paper", variants: dict[str, list[str]] | None = None
+                 ) -> PipelineResult:
     """Train and evaluate the models of Table 1 on ``job.data.path`` with ``job``'s settings: the teacher, then the
     students of each objective (``ce`` is the student without KD; all four give the paper's Table 4 ablation) as
-    ``view`` says (:data:`VIEWS`). ``backend``: ``ray`` (Ray Train jobs) or ``local`` (every job in this process)."""
+    ``view`` says (:data:`VIEWS`); ``objective:variant`` adds a student of that objective with the variant's settings
+    from ``variants`` (name -> ``section.key=value`` list). ``backend``: ``ray`` (Ray Train jobs) or ``local`` (every
+    job in this process)."""
     check_backend(backend)
     check_view(view)
+    kinds = student_kinds(objectives, variants)
     job = absolute_paths(job)
     info = load_info(job.data.path)
     uri = job.tracking_uri or tracking.tracking_uri()
@@ -93,24 +98,57 @@ def run_pipeline(job: JobConfig, say: Callable[[str], None] = print, objectives:
                       {"kind": "pipeline", "view": view, "dataset_fingerprint": info["fingerprint"]},
                       parent_run_id=job.parent_run_id or None, dataset=(info, job.data.path)) as parent:
         job = replace(job, tracking_uri=uri, parent_run_id=parent)
-        result = _stages(job, info, name, say, objectives, backend, view)
+        result = _stages(job, info, name, say, kinds, backend, view)
         tracking.log_texts(uri, parent, {"results/results.md": result.markdown, "results/results.csv": result.csv})
         tracking.log_metrics(uri, parent, {f"test/top1/{r['key']}/op{r['op']:.1f}": r["top1"] for r in result.rows})
     result.run_id = parent
     return result
 
 
-def student_plan(job: JobConfig, objectives: tuple[str, ...], view: str) -> list[tuple[str, float, tuple[float, ...]]]:
-    """The students ``view`` trains: (objective, training OP, test OPs) in the order of the table."""
+@dataclass(frozen=True)
+class StudentKind:
+    """One kind of student in the table: an objective, optionally with a named variant of settings
+    (``pmsc:tuned`` with ``variants={"tuned": ["loss.alpha=4", "loss.tau=0.25"]}``)."""
+
+    objective: str
+    variant: str = ""
+    sets: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"student_{self.objective}" + (f"_{self.variant}" if self.variant else "")
+
+    @property
+    def label(self) -> str:
+        label = get_objective(self.objective).label
+        return f"{label[:-1]}, {self.variant})" if self.variant else label
+
+
+def student_kinds(objectives: tuple[str, ...], variants: dict[str, list[str]] | None = None) -> list[StudentKind]:
+    """``objective`` or ``objective:variant`` entries, each variant one of ``variants``; checked before any work."""
+    kinds = []
+    for entry in objectives:
+        objective, _, variant = entry.partition(":")
+        get_objective(objective)
+        if variant and variant not in (variants or {}):
+            known = ", ".join(variants or {}) or "none"
+            raise ValueError(f"student {entry!r}: no variant {variant!r} (variants: {known})")
+        kinds.append(StudentKind(objective, variant, tuple((variants or {}).get(variant, ()))))
+    return kinds
+
+
+def student_plan(job: JobConfig, kinds: list[StudentKind], view: str
+                 ) -> list[tuple[StudentKind, float, tuple[float, ...]]]:
+    """The students ``view`` trains: (kind, training OP, test OPs) in the order of the table."""
     test_ops = job.data.eval_occlusion_probs
     if view == "robustness":
-        return [(objective, job.data.occlusion_prob, test_ops) for objective in objectives]
-    return [(objective, op, (op,)) for objective in objectives for op in test_ops]
+        return [(kind, job.data.occlusion_prob, test_ops) for kind in kinds]
+    return [(kind, op, (op,)) for kind in kinds for op in test_ops]
 
 
-def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, ...], backend: str,
+def _stages(job: JobConfig, info: dict, name: str, say, kinds: list[StudentKind], backend: str,
             view: str) -> PipelineResult:
-    plan = student_plan(job, objectives, view)
+    plan = student_plan(job, kinds, view)
     stages = 2 + len(plan)
     say(f"[1/{stages}] teacher: ST-GCN on HQ {info['hq_layout']} ({job.train.epochs} epochs, "
         f"{job.train.num_workers} Ray Train worker(s))")
@@ -124,32 +162,31 @@ def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, .
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, file, "part_matrix")
     spread = part_matrix_spread(np.load(io.BytesIO(storage.read_bytes(part_matrix))))
     tracking.log_metrics(job.tracking_uri, job.parent_run_id, {
-        tracking.metric_name(f"E/{stat}/{name}"): float(value) for stat, values in spread.items()
-        for name, value in zip(info["class_names"], values)})
+        tracking.metric_name(f"E/{stat}/{cls}"): float(value) for stat, values in spread.items()
+        for cls, value in zip(info["class_names"], values)})
     say(f"      E rows: entropy/log P {spread['entropy'].min():.3f}-{spread['entropy'].max():.3f}, "
         f"miss-rate spread {spread['miss_range'].min():.2f}-{spread['miss_range'].max():.2f}")
 
     say(f"students: {VIEWS[view]}")
     models = [("teacher", "Teacher", teacher, f"HQ {info['hq_layout']}", 0.0, (0.0,))]
-    for step, (objective, train_op, test_ops) in enumerate(plan, start=3):
-        objective = get_objective(objective)
+    for step, (kind, train_op, test_ops) in enumerate(plan, start=3):
         at = f"-op{train_op:g}" if view == "paper" else ""
-        say(f"[{step}/{stages}] {objective.label.lower()}: ST-GCN on LQ {info['lq_layout']} at OP {train_op:g}, "
-            f"loss {objective.name}")
+        say(f"[{step}/{stages}] {kind.label.lower()}: ST-GCN on LQ {info['lq_layout']} at OP {train_op:g}, "
+            f"loss {kind.objective}" + (f", {', '.join(kind.sets)}" if kind.sets else ""))
         student_job = replace(job, teacher_checkpoint=teacher.checkpoint, part_matrix=part_matrix,
                               data=replace(job.data, occlusion_prob=train_op),
-                              loss=replace(job.loss, objective=objective.name),
-                              train=replace(job.train, name=f"{name}-student-{objective.name}{at}"))
-        student = train_student(student_job, say, backend=backend)
+                              loss=replace(job.loss, objective=kind.objective),
+                              train=replace(job.train, name=f"{name}-{kind.key.replace('_', '-')}{at}"))
+        student = train_student(load_config(student_job, sets=list(kind.sets)), say, backend=backend)
         say(f"      val top-1 {100 * student.metrics['val/top1']:.1f}%")
-        models.append((f"student_{objective.name}", objective.label, student, f"LQ {info['lq_layout']}", train_op,
-                       test_ops))
+        models.append((kind.key, kind.label, student, f"LQ {info['lq_layout']}", train_op, test_ops))
 
     say("evaluating on the test split at OP " + ", ".join(f"{p:g}" for p in job.data.eval_occlusion_probs))
-    rows, checkpoints = [], {}
+    rows, checkpoints, runs = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for key, label, result, skeleton, train_op, probs in models:
-            checkpoints[key if view == "robustness" or key == "teacher" else f"{key}@{train_op:g}"] = result.checkpoint
+            at = key if view == "robustness" or key == "teacher" else f"{key}@{train_op:g}"
+            checkpoints[at], runs[at] = result.checkpoint, result.run_id
             for ev in evaluate_checkpoint(result.checkpoint, occlusion_probs=probs, device=job_device(job.train)):
                 rows.append({"key": key, "model": label, "skeleton": skeleton, "train_op": train_op,
                              "op": ev.occlusion_prob, "top1": ev.top1, "top5": ev.top5})
@@ -158,4 +195,4 @@ def _stages(job: JobConfig, info: dict, name: str, say, objectives: tuple[str, .
                     plot_confusion(ev.confusion, info["class_names"], png, f"{label}, OP 0")
                     tracking.log_artifacts(job.tracking_uri, job.parent_run_id, png, "confusion")
     markdown, csv = results_table(rows, job.data.protocol)
-    return PipelineResult(rows, markdown, csv, "", checkpoints, part_matrix)
+    return PipelineResult(rows, markdown, csv, "", checkpoints, part_matrix, runs)
