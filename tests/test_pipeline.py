@@ -11,6 +11,7 @@ import torch
 from conftest import VAL_FRACTION, tiny_job
 from mlflow.tracking import MlflowClient
 
+from partkd.bench.kd import term_curves
 from partkd.data import iter_samples, load_info
 from partkd.data.splits import read_split_columns, validation_split
 from partkd.data.transforms import transform_batch
@@ -18,7 +19,6 @@ from partkd.layouts import get_layout
 from partkd.models import model_input
 from partkd.part_matrix import compute_part_matrix
 from partkd.train.checkpoint import load_frozen_teacher, load_meta
-from partkd.bench.kd import term_curves
 from partkd.train.pipeline import run_pipeline, student_kinds
 
 OBJECTIVES = ("ce", "kl", "global_msc", "pmsc")
