@@ -24,8 +24,10 @@ from partkd.train.config import (
     build_settings,
     check_ranges,
     load_config,
+    one_of,
     read_settings_file,
 )
+from partkd.train.pipeline import VIEWS
 
 TRIAL_DRIVER_CPUS = 0.01  # a trial only drives its Ray Train run: it must not hold a core the workers need
 DATA_CPUS = 1.0  # left to Ray Data's read and transform tasks when the concurrency is derived from the cluster
@@ -43,6 +45,7 @@ class StudyConfig:
     grace_epochs: int = 2  # ASHA: no trial is stopped before this many epochs
     reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
     finish_seeds: tuple[int, ...] = (0, 1, 2)  # the best config and the paper's are trained again with these seeds
+    finish_view: str = "paper"  # paper: one finish student per OP, trained at it; robustness: trained at data's OP
     teacher_checkpoint: str = ""  # reuse this teacher; empty: train one for the study
     synth_samples: int = 0  # > 0: synthesize the dataset at job data.path if it is not there (synthetic benchmark)
     synth_classes: int = 12
@@ -53,6 +56,7 @@ class StudyConfig:
             "trials": AT_LEAST_1, "max_concurrent": (lambda v: v >= 0, "at least 0 (0: as many as fit)"),
             "grace_epochs": AT_LEAST_1, "reduction_factor": (lambda v: v >= 2, "at least 2"),
             "synth_samples": (lambda v: v >= 0, "at least 0"), "synth_classes": AT_LEAST_1,
+            "finish_view": one_of(VIEWS),
         })
 
 

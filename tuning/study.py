@@ -9,7 +9,8 @@ Stages, all under one MLflow parent run ``study-<name>``:
    ``TorchTrainer`` with a deterministic run name and a ``TuneReportCallback``), TPE (``OptunaSearch``, seeded) behind a
    ``ConcurrencyLimiter``, ASHA on epochs; the objective is top-1 on a validation slice of the training split;
 3. the finish: the best config and the paper's defaults trained again with several seeds on the whole training
-   split and evaluated on the test split at each OP (mean ± std).
+   split and evaluated on the test split at each OP (mean ± std, paired gains); by default (``finish_view =
+   "paper"``) one student per OP, trained at the OP it is tested at, as the paper does.
 
 Every stage is resumable: ``--resume`` restores the Tune experiments (errored trials restarted) and reuses the teacher,
 E, the parent run and every trial's Ray Train run and MLflow run.
@@ -42,6 +43,7 @@ from partkd.train.checkpoint import load_meta
 from partkd.train.config import JobConfig, LossConfig, load_config
 from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher
 from partkd.train.jobs import absolute_paths, ensure_ray, train_student, train_teacher
+from partkd.train.pipeline import VIEWS, occlusion_plan
 from partkd.train.results import summarise
 from partkd.train.session import job_device
 from tuning.plots import log_search_plots
@@ -288,11 +290,15 @@ def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs:
     """The best config and the paper's, each trained with every finish seed on the whole training split and
     evaluated on the test split at each OP; the table (mean ± std, gains over the paper's) goes to the parent."""
     paper = {**{k: job.flat()[k] for k in study.space}, **PAPER_SETTINGS}
-    runs = [{"run": f"finish-{label}-seed{seed}", "label": label,
-             "settings": {**settings, "train.seed": seed, "data.seed": seed, "data.val_fraction": 0.0}}
-            for label, settings in (("best", best), ("paper", paper)) for seed in cfg.finish_seeds]
+    plan = occlusion_plan(job.data, cfg.finish_view)
+    runs = [{"run": f"finish-{label}-seed{seed}" + (f"-op{train_op:g}" if cfg.finish_view == "paper" else ""),
+             "label": label, "test_ops": list(test_ops),
+             "settings": {**settings, "train.seed": seed, "data.seed": seed, "data.val_fraction": 0.0,
+                          "data.occlusion_prob": train_op}}
+            for label, settings in (("best", best), ("paper", paper)) for seed in cfg.finish_seeds
+            for train_op, test_ops in plan]
     say(f"finish: best config and paper defaults, seeds {', '.join(map(str, cfg.finish_seeds))}, "
-        f"evaluated on the test split")
+        f"evaluated on the test split; students: {VIEWS[cfg.finish_view]}")
     results = _fit(storage.join(folder, "finish"), trainable, lambda: ray.tune.Tuner(
         trainable, param_space={"finish": ray.tune.grid_search(runs)},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrent),
@@ -307,12 +313,12 @@ def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs:
         seed = spec["settings"]["train.seed"]
         final = storage.join(job.train.storage_path, train_run_name(job.to_dict(), result.config, ""), "final")
         # as it was trained: masks of its seed
-        for ev in evaluate_checkpoint(final, device=job_device(job.train)):
+        for ev in evaluate_checkpoint(final, occlusion_probs=spec["test_ops"], device=job_device(job.train)):
             rows.append({"key": f"student_{spec['label']}", "model": labels[spec["label"]],
-                         "skeleton": f"LQ {info['lq_layout']}", "train_op": job.data.occlusion_prob,
+                         "skeleton": f"LQ {info['lq_layout']}", "train_op": spec["settings"]["data.occlusion_prob"],
                          "op": ev.occlusion_prob, "seed": seed,
                          "top1": ev.top1, "top5": ev.top5})
-    rows.sort(key=lambda r: (r["key"] != "student_paper", r["op"], r["seed"]))
+    rows.sort(key=lambda r: (r["key"] != "student_paper", r["train_op"], r["op"], r["seed"]))
     markdown, table_csv = summarise(rows, baseline=("student_paper", "paper defaults"))
     with storage.staged(storage.join(folder, "report", "results")) as out:
         (out / "results.md").write_text(markdown)

@@ -24,7 +24,7 @@ from partkd import storage, tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import SynthConfig
 from partkd.part_matrix import part_matrix_spread
-from partkd.train.config import JobConfig, load_config
+from partkd.train.config import DataConfig, JobConfig, load_config
 from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, plot_confusion
 from partkd.train.jobs import absolute_paths, check_backend, train_student, train_teacher
 from partkd.train.objectives import get_objective
@@ -137,13 +137,18 @@ def student_kinds(objectives: tuple[str, ...], variants: dict[str, list[str]] | 
     return kinds
 
 
+def occlusion_plan(data: DataConfig, view: str) -> list[tuple[float, tuple[float, ...]]]:
+    """The (training OP, test OPs) of each student of one kind that ``view`` trains."""
+    check_view(view)
+    if view == "robustness":
+        return [(data.occlusion_prob, data.eval_occlusion_probs)]
+    return [(op, (op,)) for op in data.eval_occlusion_probs]
+
+
 def student_plan(job: JobConfig, kinds: list[StudentKind], view: str
                  ) -> list[tuple[StudentKind, float, tuple[float, ...]]]:
     """The students ``view`` trains: (kind, training OP, test OPs) in the order of the table."""
-    test_ops = job.data.eval_occlusion_probs
-    if view == "robustness":
-        return [(kind, job.data.occlusion_prob, test_ops) for kind in kinds]
-    return [(kind, op, (op,)) for kind in kinds for op in test_ops]
+    return [(kind, train_op, test_ops) for kind in kinds for train_op, test_ops in occlusion_plan(job.data, view)]
 
 
 def _stages(job: JobConfig, info: dict, name: str, say, kinds: list[StudentKind], backend: str,
