@@ -122,3 +122,38 @@ def test_paper_view_trains_each_student_at_the_op_it_is_tested_at(tmp_path, trai
     shared = [k for k in ce if k in pmsc or f"backbone.{k}" in pmsc]
     assert len(shared) == len(ce)
     assert all(torch.equal(ce[k], pmsc[k] if k in pmsc else pmsc[f"backbone.{k}"]) for k in shared)
+
+
+def test_bench_kd_command_pairs_seeds_and_writes_its_table_curves_and_e_spread(tmp_path, monkeypatch):
+    """``partkd bench kd`` end to end on the smoke preset, in process: two seeds, paired gains with a t interval,
+    the per-term curves and E's spread per class, all also in the benchmark's MLflow run."""
+    from partkd.cli import main
+
+    monkeypatch.chdir(tmp_path)  # mlflow.db of the working directory
+    assert main(["bench", "kd", "--preset", "smoke", "--out", "b", "--seeds", "1,2", "--objectives", "ce,pmsc",
+                 "--backend", "local", "--set", "train.epochs=1", "--set", "data.eval_occlusion_probs=0.5"]) == 0
+    out = tmp_path / "b"
+    csv = [line.split(",") for line in (out / "results.csv").read_text().splitlines()[1:]]
+    top1 = {(int(seed), model): float(value) for seed, model, _, _, _, value, _ in csv}
+    gains = [100 * (top1[s, "Student (w/ KD)"] - top1[s, "Student (w/o KD)"]) for s in (1, 2)]
+    table = (out / "results.md").read_text().splitlines()
+    kd_row = next(line for line in table if line.startswith("| Student (w/ KD)"))
+    cells = [c.strip() for c in kd_row.split("|")[1:-1]]
+    assert cells[2:4] == ["0.5", "0.5"]  # the paper's protocol: trained at the OP it is tested at
+    mean, std = np.mean(gains), np.std(gains, ddof=1)
+    assert cells[6] == f"{mean:+.2f} ± {std:.2f}"
+    assert cells[7] == f"[{mean - 12.7062047 * std / 2 ** 0.5:+.2f}, {mean + 12.7062047 * std / 2 ** 0.5:+.2f}]"
+    assert cells[8] == f"{sum(g > 0 for g in gains)}/2"
+    curves = (out / "curves.csv").read_text().splitlines()
+    assert curves[0].startswith("student,epoch,loss/ce_mean") and curves[1].startswith("student_pmsc@0.5,1,")
+    assert (out / "curves.png").stat().st_size > 0
+    spread = (out / "part_matrix_spread.csv").read_text().splitlines()
+    classes = load_info(out / "data-seed1")["class_names"]
+    assert len(spread) == 1 + 2 * len(classes) and spread[1].startswith(f"1,{classes[0]},")
+    assert all(0 <= float(line.split(",")[2]) <= 1 for line in spread[1:])
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (bench,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  "tags.mlflow.runName = 'bench-kd-b'")
+    assert bench.data.tags["view"] == "paper"
+    assert {a.path for a in client.list_artifacts(bench.info.run_id, "results")} >= {
+        "results/results.md", "results/curves.csv", "results/curves.png"}

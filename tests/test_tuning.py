@@ -71,10 +71,16 @@ teacher_checkpoint = "{teacher}"
 "train.lr" = {{ log_uniform = [0.01, 5.0] }}  # the upper end diverges: a trial to stop
 
 [job]
-data = {{ path = "s3://{bucket}/data", frames = 16, persons = 1, batch_size = 8, val_fraction = {val_fraction},
-         eval_occlusion_probs = [0.3] }}  # one OP: the paper-view finish trains one student per config there
 model = {{ base_channels = 8, stage_blocks = [1, 1], dropout = 0.1 }}
 train = {{ epochs = {epochs}, milestones = [10], num_workers = 1, cpus_per_worker = 0.5 }}
+
+[job.data]
+path = "s3://{bucket}/data"
+frames = 16
+persons = 1
+batch_size = 8
+val_fraction = {val_fraction}
+eval_occlusion_probs = [0.3]  # one test OP: the paper-view finish trains one student per config, at it
 """
 
 

@@ -11,6 +11,7 @@ batches. Students follow the paper's protocol (trained at the OP they are tested
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from partkd import tracking
+from partkd import storage, tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import synth_info, write_synthetic
+from partkd.part_matrix import part_matrix_spread
 from partkd.train.pipeline import VIEWS, check_view, preset_job, preset_synth, run_pipeline, student_kinds
 from partkd.train.results import summarise
 from partkd.train.schedule import choose_schedule
@@ -63,6 +65,7 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
     params = {**first.flat(), "bench.seeds": ",".join(map(str, datasets)), "bench.objectives": ",".join(objectives),
               "bench.preset": preset, "bench.view": view, "bench.schedule": schedule}
     rows, runs = [], {}
+    spreads = ["seed,class,entropy_over_log_p,miss_rate_range"]  # E's rows: how sharply each class singles out parts
     tags = {"kind": "benchmark", "view": view}
     with tracking.run(uri, f"partkd/{info['name']}", f"bench-kd-{out.name}", params, tags) as bench:
         note = f"schedule: the {preset} preset's, {first.train.epochs} epochs"
@@ -82,6 +85,10 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
                                   variants)
             rows += [{**r, "seed": seed} for r in result.rows]
             runs[seed] = result.runs
+            spread = part_matrix_spread(np.load(io.BytesIO(storage.read_bytes(result.part_matrix))))
+            spreads += [f"{seed},{cls},{entropy:.6f},{miss:.6f}" for cls, entropy, miss in
+                        zip(info["class_names"], spread["entropy"], spread["miss_range"])]
+            (out / "part_matrix_spread.csv").write_text("\n".join(spreads) + "\n")
             say(f"=== seed {seed} done in {time.perf_counter() - began:.0f} s")
             markdown, csv = summarise(rows)
             markdown += f"\nstudents: {VIEWS[view]}; {note}\n"
