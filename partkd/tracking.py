@@ -177,15 +177,20 @@ def metric_name(name: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", name)
 
 
-def metric_history(uri: str, run_id: str, key: str) -> list[float]:
-    """A run's values of metric ``key``, by step (epoch)."""
-    return [m.value for m in sorted(_client(uri).get_metric_history(run_id, key), key=lambda m: m.step)]
-
-
 def metric_histories(uri: str, run_id: str, *prefixes: str) -> dict[str, list[float]]:
-    """Every metric of a run whose name starts with one of ``prefixes``, by step."""
-    names = [k for k in _client(uri).get_run(run_id).data.metrics if k.startswith(prefixes)]
-    return {name: metric_history(uri, run_id, name) for name in names}
+    """Every per-epoch metric of a job whose name starts with one of ``prefixes``, by step, over all the MLflow runs
+    of the job's name in its experiment: a job started again after it finished (a benchmark rerun) has a new run
+    with no epochs in it, and its epochs are in an earlier one. The latest value of a step wins."""
+    client = _client(uri)
+    run = client.get_run(run_id)
+    same = client.search_runs([run.info.experiment_id], f"tags.mlflow.runName = '{run.info.run_name}'",
+                              order_by=["attributes.start_time ASC"], max_results=1000)
+    steps: dict[str, dict[int, float]] = {}
+    for other in same:
+        for name in (k for k in other.data.metrics if k.startswith(prefixes)):
+            for m in sorted(client.get_metric_history(other.info.run_id, name), key=lambda m: m.timestamp):
+                steps.setdefault(name, {})[m.step] = m.value
+    return {name: [by_step[k] for k in sorted(by_step)] for name, by_step in steps.items()}
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict) -> None:

@@ -184,3 +184,20 @@ def test_a_left_right_swap_carries_missing_joints_with_it():
     # every frame swapped: the left label holds the right wrist, the right label the (missing) left wrist
     np.testing.assert_allclose(lq[0, :, left], coords[0, :, right], rtol=1e-6)
     assert (lq_score[0, :, left] > 0).all() and not lq_score[0, :, right].any() and not lq[0, :, right].any()
+
+
+def test_jitter_is_doubled_at_the_extremities_only_where_the_profile_says_so():
+    """fast-estimator doubles the per-frame jitter at wrists and ankles; bottom-up-2d (COCO's sigmas are no larger
+    there) keeps one spread for every joint."""
+    from partkd.data.noise import NoiseProfile, apply_noise, get_noise_profile
+
+    coords = np.zeros((1, 4000, 13, 2))
+    coords[..., 1] = np.linspace(0, 100, 13)  # a body 100 px high: jitter is a fraction of it
+    score = np.ones((1, 4000, 13), np.float32)
+    wrist, shoulder = PENN13.index("left_wrist"), PENN13.index("left_shoulder")
+    for profile, ratio in ((get_noise_profile("bottom-up-2d"), 1.0), (NoiseProfile("x", jitter=0.016), 2.0)):
+        jitter_only = NoiseProfile("j", jitter=profile.jitter, extremity_factor=profile.extremity_factor)
+        lq, _ = apply_noise(coords, score, PENN13, jitter_only, np.random.default_rng(0))
+        spread = (lq - coords).std(axis=(0, 1, 3))  # per joint, px
+        assert spread[shoulder] == pytest.approx(1.6, rel=0.05)  # 0.016 x 100 px
+        assert spread[wrist] / spread[shoulder] == pytest.approx(ratio, rel=0.05)

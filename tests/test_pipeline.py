@@ -157,3 +157,32 @@ def test_bench_kd_command_pairs_seeds_and_writes_its_table_curves_and_e_spread(t
     assert bench.data.tags["view"] == "paper"
     assert {a.path for a in client.list_artifacts(bench.info.run_id, "results")} >= {
         "results/results.md", "results/curves.csv", "results/curves.png"}
+    # the same --out again with a variant added: the finished jobs are reused (their curves from their first runs),
+    # only the new students train
+    final = out / "ray" / "b-seed1-student-pmsc-op0.5" / "final" / "model.pt"
+    before = torch.load(final, weights_only=True)
+    assert main(["bench", "kd", "--preset", "smoke", "--out", "b", "--seeds", "1,2", "--objectives",
+                 "ce,pmsc,pmsc:sharp", "--variant", "sharp:loss.tau=0.25,loss.alpha=2", "--backend", "local",
+                 "--set", "train.epochs=1", "--set", "data.eval_occlusion_probs=0.5"]) == 0
+    after = torch.load(final, weights_only=True)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    rerun = [line.split(",")[:3] for line in (out / "curves.csv").read_text().splitlines()[1:]]
+    assert rerun == [["student_pmsc@0.5", "1"] + [rerun[0][2]], ["student_pmsc_sharp@0.5", "1"] + [rerun[1][2]]]
+    assert rerun[0][2] == curves[1].split(",")[2]  # the first run's CE of epoch 1, found again
+
+
+def test_bench_kd_variants_are_parsed_and_checked_before_any_work(tmp_path, capsys):
+    from partkd.cli import main
+    from partkd.cli.bench import parse_variants
+
+    assert parse_variants(["t:loss.tau=0.25,train.lr=0.1", "m:model.stage_blocks=1,1,loss.alpha=2"]) == {
+        "t": ["loss.tau=0.25", "train.lr=0.1"], "m": ["model.stage_blocks=1,1", "loss.alpha=2"]}
+    for variant, message in (("t:loss.tua=1", "unknown setting loss.tua"),
+                             ("t:data.occlusion_prob=0.3", "a variant may not change data.occlusion_prob"),
+                             ("t:train.seed=4", "a variant may not change train.seed"),
+                             ("t", "expected NAME:section.key=value")):
+        assert main(["bench", "kd", "--preset", "smoke", "--out", str(tmp_path / "x"), "--objectives", "ce,pmsc:t",
+                     "--variant", variant, "--backend", "local"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()  # nothing generated, nothing trained

@@ -299,11 +299,13 @@ def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs:
             for train_op, test_ops in plan]
     say(f"finish: best config and paper defaults, seeds {', '.join(map(str, cfg.finish_seeds))}, "
         f"evaluated on the test split; students: {VIEWS[cfg.finish_view]}")
-    results = _fit(storage.join(folder, "finish"), trainable, lambda: ray.tune.Tuner(
+    # its own Tune experiment per view: a finish restored from another view's grid would be the wrong one
+    experiment = "finish" if cfg.finish_view == "robustness" else f"finish-{cfg.finish_view}"
+    results = _fit(storage.join(folder, experiment), trainable, lambda: ray.tune.Tuner(
         trainable, param_space={"finish": ray.tune.grid_search(runs)},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrent),
         # a list of its own: Tune adds its progress reporter to the list it is given
-        run_config=ray.tune.RunConfig(name="finish", storage_path=folder, callbacks=[trial_runs])))
+        run_config=ray.tune.RunConfig(name=experiment, storage_path=folder, callbacks=[trial_runs])))
     labels = {"best": "Student (best config)", "paper": "Student (paper defaults)"}
     rows = []
     for result in results:

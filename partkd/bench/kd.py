@@ -23,7 +23,16 @@ from partkd import storage, tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import synth_info, write_synthetic
 from partkd.part_matrix import part_matrix_spread
-from partkd.train.pipeline import VIEWS, check_view, preset_job, preset_synth, run_pipeline, student_kinds
+from partkd.train.config import JobConfig, load_config
+from partkd.train.pipeline import (
+    VIEWS,
+    StudentKind,
+    check_view,
+    preset_job,
+    preset_synth,
+    run_pipeline,
+    student_kinds,
+)
 from partkd.train.results import summarise
 from partkd.train.schedule import choose_schedule
 
@@ -44,6 +53,29 @@ def synthetic_dataset(out: Path, preset: str, seed: int, paired_fraction: float,
     return path
 
 
+PAIRED = ("data.", "train.seed", "train.epochs", "train.milestones")  # what a paired student must share
+
+
+def check_variant(kind: StudentKind, job: JobConfig) -> None:
+    """A variant's settings must load on ``job`` and leave what pairs it with the other students alone: the data,
+    its occlusion and masks, the seed and the schedule."""
+    load_config(job, sets=list(kind.sets))
+    shared = [item.split("=")[0].strip() for item in kind.sets if item.strip().startswith(PAIRED)]
+    if shared:
+        raise ValueError(f"student {kind.objective}:{kind.variant}: a variant may not change {', '.join(shared)}; "
+                         f"its students are paired with the others by the same data, masks, seed and schedule")
+
+
+def check_kd_bench(job: JobConfig, objectives: tuple[str, ...], view: str, schedule: str,
+                   variants: dict[str, list[str]] | None) -> None:
+    """Everything about a benchmark that can be refused before any data is made or job run."""
+    if schedule not in ("preset", "auto"):
+        raise ValueError(f"unknown schedule {schedule!r}; known: preset, auto")
+    check_view(view)
+    for kind in student_kinds(objectives, variants):
+        check_variant(kind, job)
+
+
 def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ...], preset: str,
                  sets: list[str] = (), say: Callable[[str], None] = print, view: str = "paper",
                  backend: str = "ray", schedule: str = "preset", variants: dict[str, list[str]] | None = None) -> str:
@@ -54,12 +86,9 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
     teacher on the first seed's data chooses on a validation slice (:func:`~partkd.train.schedule.choose_schedule`),
     the same for every seed; ``"preset"`` keeps the preset's.
     """
-    student_kinds(objectives, variants)  # refused before any work
-    if schedule not in ("preset", "auto"):
-        raise ValueError(f"unknown schedule {schedule!r}; known: preset, auto")
-    check_view(view)
     out = Path(out).resolve()
     first = preset_job(preset, datasets[min(datasets)], out / "ray", min(datasets), out.name, sets)
+    check_kd_bench(first, objectives, view, schedule, variants)
     uri = first.tracking_uri or tracking.tracking_uri()
     info = load_info(datasets[min(datasets)])
     params = {**first.flat(), "bench.seeds": ",".join(map(str, datasets)), "bench.objectives": ",".join(objectives),

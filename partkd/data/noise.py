@@ -25,6 +25,7 @@ class NoiseProfile:
     drop_prob: float = 0.0  # per joint and frame, chance that the joint is missing
     part_occlusion_prob: float = 0.0  # per sample, chance that one limb is missing for a 30-70% stretch of frames
     frame_drop_prob: float = 0.0  # per frame, chance that the whole skeleton is missing
+    extremity_factor: float = 2.0  # jitter multiplier at wrists and ankles
 
     def __post_init__(self):
         for name in ("swap_prob", "drop_prob", "part_occlusion_prob", "frame_drop_prob"):
@@ -47,13 +48,14 @@ class NoiseProfile:
 #   17 keypoints): ks = .85 at d = 0.570 k s = 0.076 s. Jitter 14.8 % beyond that distance: a 2D Gaussian of
 #   per-axis std 0.076 s / sqrt(2 ln(1 / 0.148)) = 0.039 s. s^2 is the person's segment area; with s = 0.4 h for an
 #   upright person (our assumption: a silhouette of about 16 % of h^2) that is 0.016 h, all of it per frame (no
-#   published split of per-frame and per-person error, so bias 0); doubled at wrists and ankles as every profile
-#   here does.
+#   published split of per-frame and per-person error, so bias 0); the same at every joint (extremity_factor 1:
+#   COCO's sigma is no larger at wrists and ankles, and doubling there would put 26 %, not 14.8 %, past ks = .85).
 # - inversion: 4.6 % of keypoints = swapped frames x 16/17 keypoints with a left/right partner; a burst lasts 7.5
 #   frames on average, so 0.046 / (7.5 * 16 / 17) = 0.0065 per frame. Miss: drop_prob 0.041.
 # - nothing published for whole-limb occlusion or frames without a detection on these datasets: 0 (a dataset's own
 #   invisible joints stay missing on the LQ side).
-BOTTOM_UP_2D = NoiseProfile("bottom-up-2d", jitter=0.016, bias=0.0, swap_prob=0.0065, drop_prob=0.041)
+BOTTOM_UP_2D = NoiseProfile("bottom-up-2d", jitter=0.016, bias=0.0, swap_prob=0.0065, drop_prob=0.041,
+                            extremity_factor=1.0)
 
 NOISE_PROFILES: dict[str, NoiseProfile] = {
     p.name: p
@@ -106,7 +108,7 @@ def apply_noise(
     height = np.where(height > 0, height, 1.0)[:, None, None, None]  # (M, 1, 1, 1)
 
     extremity = np.ones(joints)
-    extremity[[i for i, j in enumerate(layout.joints) if j in _EXTREMITIES]] = 2.0
+    extremity[[i for i, j in enumerate(layout.joints) if j in _EXTREMITIES]] = profile.extremity_factor
     displacement = rng.normal(size=(persons, frames, joints, 2)) * profile.jitter * extremity[None, None, :, None]
     displacement += rng.normal(size=(persons, 1, joints, 2)) * profile.bias
     out += displacement * height

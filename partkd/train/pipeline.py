@@ -173,6 +173,8 @@ def _stages(job: JobConfig, info: dict, name: str, say, kinds: list[StudentKind]
         f"miss-rate spread {spread['miss_range'].min():.2f}-{spread['miss_range'].max():.2f}")
 
     say(f"students: {VIEWS[view]}")
+    if view == "paper" and job.data.occlusion_prob:
+        say(f"      data.occlusion_prob={job.data.occlusion_prob:g} is not used: each student is trained at its test OP")
     models = [("teacher", "Teacher", teacher, f"HQ {info['hq_layout']}", 0.0, (0.0,))]
     for step, (kind, train_op, test_ops) in enumerate(plan, start=3):
         at = f"-op{train_op:g}" if view == "paper" else ""

@@ -60,7 +60,12 @@ def choose_schedule(job: JobConfig, say: Callable[[str], None] = print, backend:
     say(f"[schedule] pilot teacher: up to {max_epochs} epochs at lr {job.train.lr:g}, validated on a "
         f"{val_fraction:.0%} slice of the training split")
     result = train_teacher(pilot, say, backend=backend)
-    curve = tuple(tracking.metric_history(job.tracking_uri or tracking.tracking_uri(), result.run_id, "val/top1"))
+    uri = job.tracking_uri or tracking.tracking_uri()
+    curve = tuple(tracking.metric_histories(uri, result.run_id, "val/top1").get("val/top1", ()))
+    if len(curve) != max_epochs:
+        raise RuntimeError(f"schedule pilot {pilot.train.name}: MLflow ({uri}) holds {len(curve)} of its "
+                           f"{max_epochs} epochs of val/top1; remove {pilot.train.storage_path}/{pilot.train.name} "
+                           f"to run the pilot again")
     epochs = plateau_epoch(curve)
     rule = (f"pilot teacher at constant lr {job.train.lr:g}, {len(curve)} epochs; validation top-1 (a "
             f"{val_fraction:.0%} slice of the training split, 3-epoch trailing mean) last rose by >= 1 point at epoch "
