@@ -174,7 +174,7 @@ def _stages(job: JobConfig, info: dict, name: str, say, kinds: list[StudentKind]
 
     say(f"students: {VIEWS[view]}")
     if view == "paper" and job.data.occlusion_prob:
-        say(f"      data.occlusion_prob={job.data.occlusion_prob:g} is not used: each student is trained at its test OP")
+        say(f"      data.occlusion_prob={job.data.occlusion_prob:g} is not used: each student trains at its test OP")
     models = [("teacher", "Teacher", teacher, f"HQ {info['hq_layout']}", 0.0, (0.0,))]
     for step, (kind, train_op, test_ops) in enumerate(plan, start=3):
         at = f"-op{train_op:g}" if view == "paper" else ""
