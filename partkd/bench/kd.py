@@ -11,7 +11,6 @@ batches. Students follow the paper's protocol (trained at the OP they are tested
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from partkd import storage, tracking
+from partkd import tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import synth_info, write_synthetic
-from partkd.part_matrix import part_matrix_spread
 from partkd.train.config import JobConfig, load_config
 from partkd.train.pipeline import (
     VIEWS,
@@ -114,7 +112,7 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
                                   variants)
             rows += [{**r, "seed": seed} for r in result.rows]
             runs[seed] = result.runs
-            spread = part_matrix_spread(np.load(io.BytesIO(storage.read_bytes(result.part_matrix))))
+            spread = result.spread
             spreads += [f"{seed},{cls},{entropy:.6f},{miss:.6f}" for cls, entropy, miss in
                         zip(info["class_names"], spread["entropy"], spread["miss_range"])]
             (out / "part_matrix_spread.csv").write_text("\n".join(spreads) + "\n")

@@ -77,6 +77,7 @@ class PipelineResult:
     checkpoints: dict[str, str]  # key (paper view: key@training OP) -> local path or URI, as train.storage_path is
     part_matrix: str
     runs: dict[str, str]  # the same keys -> MLflow run id of the training job
+    spread: dict  # part_matrix_spread of E: per class "entropy" and "miss_range"
 
 
 def run_pipeline(job: JobConfig, say: Callable[[str], None] = print, objectives: tuple[str, ...] = ("ce", "pmsc"),
@@ -202,4 +203,4 @@ def _stages(job: JobConfig, info: dict, name: str, say, kinds: list[StudentKind]
                     plot_confusion(ev.confusion, info["class_names"], png, f"{label}, OP 0")
                     tracking.log_artifacts(job.tracking_uri, job.parent_run_id, png, "confusion")
     markdown, csv = results_table(rows, job.data.protocol)
-    return PipelineResult(rows, markdown, csv, "", checkpoints, part_matrix, runs)
+    return PipelineResult(rows, markdown, csv, "", checkpoints, part_matrix, runs, spread)
