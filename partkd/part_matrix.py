@@ -6,6 +6,7 @@ of part p is zeroed (Eq. 12), turned into a distribution over parts by a softmax
 
 from __future__ import annotations
 
+import io
 import itertools
 import warnings
 from collections.abc import Iterable, Sequence
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from partkd import storage
 from partkd.layouts import Grouping, Layout, get_grouping, get_layout
 from partkd.models import part_membership
 
@@ -133,10 +135,11 @@ def save_part_matrix(
     return npy_path, png_path
 
 
-def load_part_matrix(path: str | Path) -> Tensor:
-    """E ``(K, P)`` from a ``.npy`` written by :func:`save_part_matrix`."""
-    stem = _stem(path)
-    return torch.from_numpy(np.load(stem.with_name(stem.name + ".npy")))
+def load_part_matrix(location: str | Path) -> Tensor:
+    """E ``(K, P)`` from a ``.npy`` written by :func:`save_part_matrix`: a local path or an object-store URI, with or
+    without its ``.npy`` suffix."""
+    location = str(location).removesuffix(".npy").removesuffix(".png") + ".npy"
+    return torch.from_numpy(np.load(io.BytesIO(storage.read_bytes(location))))
 
 
 def _stem(path: str | Path) -> Path:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from partkd import storage
 from partkd.cli import main
 from partkd.data.shards import iter_samples, load_info, shard_paths
 from partkd.data.splits import read_split_columns
+from partkd.layouts import GROUPINGS
+from partkd.part_matrix import load_part_matrix, save_part_matrix
 
 
 def test_a_dataset_in_a_bucket_reads_as_its_folder_does(s3_server, train_data):
@@ -47,6 +50,15 @@ def test_files_and_folders_go_both_ways(s3_server, tmp_path):
     assert (tmp_path / "back" / "report" / "table.csv").read_text() == "x,y\n1,2\n"
     storage.remove(storage.join(root, "report"))
     assert storage.is_dir(storage.join(root, "a")) and not storage.exists(storage.join(root, "report"))
+
+
+def test_a_part_matrix_in_a_bucket_loads_as_its_file_does(s3_server, tmp_path):
+    matrix = torch.softmax(torch.randn(3, 5), dim=1)
+    npy, _ = save_part_matrix(matrix, tmp_path / "E.paper5", ["a", "b", "c"], list(GROUPINGS["paper5"].part_names))
+    remote = s3_server.bucket("storage-e") + "/run/E.paper5.npy"
+    storage.write_bytes(remote, npy.read_bytes())
+    for location in (remote, remote.removesuffix(".npy"), npy):  # the job's E may be named with or without .npy
+        torch.testing.assert_close(load_part_matrix(location), matrix)
 
 
 def test_unusable_locations_fail_before_any_work_naming_the_bucket(s3_server, monkeypatch, tmp_path, capsys):

@@ -10,17 +10,15 @@ bank. Nothing in a bank step waits for the device, and its shapes never change (
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from partkd import storage
 from partkd.layouts import Layout, get_layout
 from partkd.models import ModelOutput, PartPool, model_input
+from partkd.part_matrix import load_part_matrix
 from partkd.train.checkpoint import load_frozen_teacher
 from partkd.train.config import JobConfig
 from partkd.train.objectives import TeacherSide, get_objective
@@ -101,8 +99,7 @@ class Distiller:
         self.student_pool = PartPool(job.loss.grouping, student_layout).to(session.device)
         self.part_matrix = None
         if self.objective.needs_part_matrix:  # E: a .npy file, local or in an object store
-            matrix = np.load(io.BytesIO(storage.read_bytes(job.part_matrix)))
-            self.part_matrix = torch.from_numpy(matrix).float().to(session.device)
+            self.part_matrix = load_part_matrix(job.part_matrix).float().to(session.device)
         self.bank = self._build_bank() if job.loss.hq_source == "bank" else None
 
     def _teacher_repr(self, x: Tensor, score: Tensor) -> Tensor:

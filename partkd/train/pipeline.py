@@ -12,18 +12,15 @@ occlusion masks are drawn once per (sample, ``data.seed``) and stay fixed over t
 
 from __future__ import annotations
 
-import io
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
-from partkd import storage, tracking
+from partkd import tracking
 from partkd.data.shards import load_info
 from partkd.data.synth import SynthConfig
-from partkd.part_matrix import part_matrix_spread
+from partkd.part_matrix import load_part_matrix, part_matrix_spread
 from partkd.train.config import DataConfig, JobConfig, load_config
 from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, plot_confusion
 from partkd.train.jobs import absolute_paths, check_backend, train_student, train_teacher
@@ -166,7 +163,7 @@ def _stages(job: JobConfig, info: dict, name: str, say, kinds: list[StudentKind]
                                           device=job_device(job.train))
     for file in (part_matrix, part_matrix.removesuffix(".npy") + ".png"):
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, file, "part_matrix")
-    spread = part_matrix_spread(np.load(io.BytesIO(storage.read_bytes(part_matrix))))
+    spread = part_matrix_spread(load_part_matrix(part_matrix).numpy())
     tracking.log_metrics(job.tracking_uri, job.parent_run_id, {
         tracking.metric_name(f"E/{stat}/{cls}"): float(value) for stat, values in spread.items()
         for cls, value in zip(info["class_names"], values)})
