@@ -139,6 +139,17 @@ def test_persons_fold_and_average_without_mixing_samples():
     torch.testing.assert_close(model(x2).features[[0, 2]], features[[0, 2]])
 
 
+def test_pooled_features_are_fp32_under_bf16_autocast():
+    """The GAP reads fp32 even in a bf16 step: torch.compile mis-compiles the bf16 mean on an H200 (stgcn.py)."""
+    torch.manual_seed(0)
+    model = create_model("stgcn", layout="ntu25", num_classes=5, in_channels=3, **SMALL).eval()
+    x = torch.randn(2, 2, 12, 25, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.features.dtype == torch.float32
+    torch.testing.assert_close(out.features, model(x).features, atol=0.1, rtol=0.05)  # the same pooling, in bf16
+
+
 def test_data_bn_has_one_channel_per_joint_and_coordinate():
     """Reference ordering (V, C): BN channel v * C + c normalises coordinate c of joint v, shared by persons."""
     torch.manual_seed(0)

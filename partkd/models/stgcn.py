@@ -150,7 +150,10 @@ class STGCN(nn.Module):
         x = x.view(n * m, v, c, t).permute(0, 2, 3, 1).contiguous()  # (NM, C, T, V)
         for block in self.blocks:
             x = block(x)  # (NM, C', T', V)
-        features = x.view(n, m, *x.shape[1:]).mean(1)  # (N, C', T', V)
+        # The pooling reads fp32: under bf16 autocast, torch.compile (2.11, Triton, H200) fuses a bf16 mean over
+        # persons, T' and V at the NTU shape into a reduction kernel that faults with an illegal memory access; in
+        # fp32 it compiles and runs (samples/s: README, Performance). The features and the losses are fp32 anyway.
+        features = x.float().view(n, m, *x.shape[1:]).mean(1)  # (N, C', T', V)
         logits = self.head(features.mean((2, 3)))  # (N, num_classes); GAP over T', V and persons
         return ModelOutput(logits, features)
 
