@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import os
 import posixpath
 import tempfile
@@ -94,6 +95,22 @@ def read_bytes(location) -> bytes:
     fs, path = resolve(location)
     with fs.open_input_stream(path) as stream:
         return stream.read()
+
+
+def sha256(location, chunk: int = 1 << 22) -> str:
+    """SHA-256 of file ``location``, read as a stream (a large shard is never held whole)."""
+    digest = hashlib.sha256()
+    fs, path = resolve(location)
+    with fs.open_input_stream(path) as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stamp(location) -> tuple[int, int] | None:
+    """``(size, mtime in ns)`` of file ``location`` (what changes when it is rewritten), None where it is absent."""
+    info = _info(location)
+    return None if info.type == pafs.FileType.NotFound else (info.size, info.mtime_ns or 0)
 
 
 def read_text(location) -> str:

@@ -273,3 +273,114 @@ def test_a_dataset_json_of_the_wrong_shape_or_pointing_outside_its_folder_is_ref
     assert main(["data", "validate", str(path)]) == 1  # validate's contract: the problems listed, exit 1
     out = capsys.readouterr().out
     assert f"{path / 'dataset.json'}: " in out and message in out
+
+
+# ------------------------------------------- the training path: nothing bad gets in, and every refusal names its place
+
+
+def _set(key, index, value):
+    def breaks(sample):
+        getattr(sample, key)[index] = value
+    return breaks
+
+
+def _no_side(sample):
+    sample.hq = sample.hq_score = sample.lq = sample.lq_score = None
+
+
+# each: how a row is broken (written past the writer's checks, as a buggy tool would), the column named, the message
+BAD_ROWS = {
+    "hq NaN": (_set("hq", (0, 1, 3, 2), np.nan), "hq", "NaN or infinite"),
+    "lq inf": (_set("lq", (0, 0, 0, 0), np.inf), "lq", "NaN or infinite"),
+    "hq_score NaN": (_set("hq_score", (0, 2, 1), np.nan), "hq_score", "outside [0, 1] or NaN"),
+    "lq_score 1.5": (_set("lq_score", (0, 0, 4), 1.5), "lq_score", "outside [0, 1]"),
+    "lq_score negative": (_set("lq_score", (0, 3, 0), -0.1), "lq_score", "outside [0, 1]"),
+    "label = classes": (lambda s: setattr(s, "label", 3), "label", "label 3 outside [0, 3)"),
+    "label -1": (lambda s: setattr(s, "label", -1), "label", "label -1 outside [0, 3)"),
+    "no side": (_no_side, "hq", "neither an hq nor an lq side"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_a_bad_row_stops_every_reader_naming_shard_sample_and_column(dataset, case):
+    """validate, the local reader (iter_samples) and the Ray workers' step (SideTransform) refuse the same row."""
+    from partkd.data.raydata import SideTransform
+    from partkd.data.transforms import TransformConfig
+
+    breaks, column, message = BAD_ROWS[case]
+    rows = [make_sample(f"s{i}", label=i % 3, seed=i) for i in (4, 5, 6, 7)]
+    breaks(rows[2])
+    replace_shard(dataset, "part-00001.parquet", rows)
+    where = f"part-00001.parquet: sample 's6': column '{column}': "
+    assert where in str(only_problem(dataset)) and message in str(only_problem(dataset))
+    with pytest.raises(ShardDataError) as err:
+        list(iter_samples(dataset))
+    assert where in str(err.value) and message in str(err.value)
+    transform = SideTransform({"hq": "ntu25", "lq": "coco17"}, TransformConfig(frames=8, persons=1), seed=0,
+                              num_classes=len(CLASSES))
+    shard = dataset / "part-00001.parquet"
+    with pytest.raises(ShardDataError) as err:
+        transform.transform(pq.read_table(shard), str(shard))
+    assert where in str(err.value) and message in str(err.value)
+    with pytest.raises(ShardDataError, match=f"sample 's6': column '{column}'"):  # the writer refuses it first
+        write(dataset.parent / "rewritten", rows)
+
+
+def test_scores_outside_0_1_are_refused_by_the_writer(tmp_path):
+    bad = make_sample("over")
+    bad.hq_score[0, 0, 0] = 1.01
+    with pytest.raises(ShardDataError, match=r"'over'.*'hq_score'.*outside \[0, 1\] \(0.* to 1.01\)"):
+        write(tmp_path / "ds", [make_sample("ok", seed=1), bad])
+
+
+def test_a_job_verifies_the_dataset_once_on_its_driver(dataset):
+    """verify_dataset: complete, every listed shard there with its SHA-256, no id twice; again after a change."""
+    from partkd.data.shards import verify_dataset
+
+    assert verify_dataset(dataset)["counts"]["samples"] == 8
+    shard = dataset / "part-00001.parquet"
+    clean = shard.read_bytes()
+    flipped = bytearray(clean)
+    flipped[len(flipped) // 3] ^= 0x01
+    shard.write_bytes(bytes(flipped))  # a new size or time: verified again, not taken from the first call
+    with pytest.raises(ShardChecksumError, match=r"part-00001.parquet: SHA-256 .* differs .* after it was written"):
+        verify_dataset(dataset)
+    shard.write_bytes(clean)
+    assert verify_dataset(dataset)["complete"] is True
+    shard.unlink()
+    with pytest.raises(ShardError, match="part-00001.parquet: is listed in dataset.json but missing"):
+        verify_dataset(dataset)
+    replace_shard(dataset, "part-00001.parquet", [make_sample(f"s{i}", seed=i) for i in (4, 5, 6)]
+                  + [make_sample("s0", seed=0)])
+    with pytest.raises(ShardDataError, match="sample 's0': column 'sample_id': duplicate sample_id"):
+        verify_dataset(dataset)
+    info = json.loads((dataset / "dataset.json").read_text())
+    (dataset / "dataset.json").write_text(json.dumps({**info, "complete": False}))
+    with pytest.raises(ShardError, match=r"dataset.json: the writer did not finish"):
+        verify_dataset(dataset)
+
+
+def test_a_flipped_bit_anywhere_in_a_shard_is_refused_or_harmless(dataset):
+    """40 single-bit flips at seeded places in a shard: each read either stops naming the shard (page CRCs, the
+    footer's checks) or gives back exactly the rows written; before page CRCs, most flips changed values unseen."""
+    shard = dataset / "part-00000.parquet"
+    clean = shard.read_bytes()
+    expected = list(iter_samples(shard))
+    rng = np.random.default_rng(0)
+    refused = 0
+    for position in rng.choice(len(clean), size=40, replace=False):
+        data = bytearray(clean)
+        data[position] ^= 1 << int(rng.integers(8))
+        shard.write_bytes(bytes(data))
+        try:
+            got = list(iter_samples(shard))
+        except ShardError as err:
+            assert "part-00000.parquet" in str(err)
+            refused += 1
+            continue
+        assert len(got) == len(expected), position
+        for a, b in zip(got, expected):
+            assert_same(a, b)
+    shard.write_bytes(clean)
+    print(f"40 bit flips: {refused} refused, {40 - refused} harmless")
+    assert refused >= 30  # the pages are nearly all of the file

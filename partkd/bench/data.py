@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from partkd.data.schema import SIDES, Sample
-from partkd.data.shards import DatasetWriter, decode_side, iter_batches
+from partkd.data.shards import DatasetWriter, check_rows, check_values, decode_side, iter_batches
 from partkd.data.synth import HQ_LAYOUT, LQ_LAYOUT, SynthConfig, class_names, generate
 from partkd.data.transforms import TransformConfig, transform_batch
 from partkd.layouts import get_layout
@@ -100,6 +100,19 @@ def run_data_bench(samples: int = 512, frames: int = 300, persons: int = 2, repe
                 times.append(time.perf_counter() - t0)
             results.append({"stage": f"read + transform {side} ({layout.name}, V={layout.num_joints})",
                             "samples_per_s": _median_rate(seen, times)})
+        # what the readers' row checks cost: those of both sides, on batches already read (the stages above
+        # include them)
+        batches = [(batch, file) for batch, _, file in iter_batches(Path(tmp) / "run0", batch_size=batch_size)]
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for batch, file in batches:
+                check_rows(batch, file, cfg.classes)
+                for side in SIDES:
+                    check_values(batch, side, file)
+            times.append(time.perf_counter() - t0)
+        results.append({"stage": "row checks, both sides (in the reads above)",
+                        "samples_per_s": _median_rate(sum(b.num_rows for b, _ in batches), times)})
     for r in results:
         r.update(samples=samples, frames=frames, persons=persons, repeats=repeats)
     return results

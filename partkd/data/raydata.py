@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from partkd.data.schema import SIDES
-from partkd.data.shards import decode_side, load_info, open_shard, shard_paths
+from partkd.data.shards import check_rows, decode_side, load_info, open_shard, shard_paths
 from partkd.data.transforms import TransformConfig, transform_batch
 from partkd.layouts import get_layout
 
@@ -41,7 +41,9 @@ def read_shards(path: str | os.PathLike, *, filter=None, **read_args):
     context = ray.data.DataContext.get_current()
     v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
-        ds = ray.data.read_parquet(files, include_paths=True, **read_args)
+        # each page's CRC verified as it is read: a flipped bit fails the read instead of reaching training
+        ds = ray.data.read_parquet(files, include_paths=True, **read_args,
+                                   dataset_kwargs={"page_checksum_verification": True})
     finally:
         context.use_datasource_v2 = v2
     return ds if filter is None else ds.filter(expr=filter)
@@ -59,17 +61,19 @@ class SideTransform:
     ``{side}_x`` (N, M, T, V, C), ``{side}_score`` (N, M, T, V) and ``has_{side}`` (N,) — rows without that side get
     zeros and ``has_{side} = False``. ``cfg`` is one :class:`TransformConfig` for every side or one per side (e.g.
     occlusion on the LQ side only). With ``keep_ids`` the ``sample_id``s come along (not for
-    ``iter_torch_batches``, which takes numbers only).
+    ``iter_torch_batches``, which takes numbers only). Every row is checked as it is decoded (:func:`check_rows`,
+    :func:`decode_side`: labels in ``[0, num_classes)``, a side present, shapes, finite values, scores in [0, 1]), and
+    a bad one stops the job with a :class:`ShardDataError` naming the shard, the sample and the column.
     """
 
     def __init__(self, layouts: dict[str, str], cfg: TransformConfig | dict[str, TransformConfig], seed: int,
-                 keep_ids: bool = False):
+                 keep_ids: bool = False, num_classes: int | None = None):
         unknown = sorted(set(layouts) - set(SIDES))
         if unknown:
             raise ValueError(f"unknown sides {unknown}; sides are {SIDES}")
         self.layouts = {side: get_layout(name) for side, name in layouts.items()}
         self.cfgs = {side: cfg[side] if isinstance(cfg, dict) else cfg for side in layouts}
-        self.seed, self.keep_ids = seed, keep_ids
+        self.seed, self.keep_ids, self.num_classes = seed, keep_ids, num_classes
 
     def row_bytes(self) -> int:
         """Bytes of one output row: each side's coordinates and scores (float32) and flag, the label and the key."""
@@ -89,6 +93,8 @@ class SideTransform:
         out: dict[str, np.ndarray] = {"label": table.column("label").to_numpy().astype(np.int64),
                                       "key": np.array([sample_key(sid) for sid in ids], dtype=np.int64)}
         batch = table.to_batches()[0] if n else None
+        if n:
+            check_rows(batch, file, self.num_classes)
         for side, layout in self.layouts.items():
             cfg = self.cfgs[side]
             shape = (n, cfg.persons, cfg.frames, layout.num_joints)

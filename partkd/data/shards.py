@@ -1,9 +1,11 @@
 """Parquet shards and ``dataset.json``: writing, opening with schema checks, and decoding rows (DESIGN §4).
 
-A dataset directory holds ``part-NNNNN.parquet`` shards (zstd, row groups of ``row_group_size`` rows) and
-``dataset.json`` (name, layouts, class names, counts, SHA-256 of each shard). Writers check every sample against the
-layouts before it reaches disk; readers refuse a shard whose columns, types or layouts differ from what the dataset
-declares, naming the file and the column. Nothing is dropped silently.
+A dataset directory holds ``part-NNNNN.parquet`` shards (zstd, row groups of ``row_group_size`` rows, a CRC per
+page) and ``dataset.json`` (name, layouts, class names, counts, SHA-256 of each shard). Writers check every sample
+against the layouts before it reaches disk. Readers verify the page CRCs, refuse a shard whose columns, types or
+layouts differ from what the dataset declares, and check every row they decode as the writer did (shape, finite
+values, scores in [0, 1], label range, a side present), naming the file, the sample and the column; a job checks the
+rest once, on its driver (:func:`verify_dataset`: complete, checksums, unique ids). Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from partkd.data.schema import (
     SCHEMA_VERSION,
     SIDES,
     Sample,
+    ShardChecksumError,
     ShardDataError,
     ShardError,
     ShardSchemaError,
     side_problem,
 )
-from partkd.layouts import Layout, get_layout
+from partkd.layouts import Layout, UnknownNameError, get_layout
 
 INFO_FILE = "dataset.json"
 SHARD_PATTERN = "part-{:05d}.parquet"
@@ -161,6 +164,9 @@ class DatasetWriter:
             for column, values in ((side, tensor), (f"{side}_score", score)):
                 if not np.isfinite(values).all():
                     raise ShardDataError(where, "holds NaN or infinite values", s.sample_id, column)
+            if score.size and not (score.min() >= 0 and score.max() <= 1):
+                raise ShardDataError(where, f"holds scores outside [0, 1] ({score.min():g} to {score.max():g})",
+                                     s.sample_id, f"{side}_score")
 
     def write(self, sample: Sample) -> None:
         self._check(sample)
@@ -183,7 +189,8 @@ class DatasetWriter:
         path = self.out_dir / SHARD_PATTERN.format(len(self._shards))
         tmp = path.with_suffix(".parquet.tmp")
         table = _rows_to_table(self._buffer, self._metadata)
-        pq.write_table(table, tmp, compression="zstd", row_group_size=self.row_group_size, write_statistics=True)
+        pq.write_table(table, tmp, compression="zstd", row_group_size=self.row_group_size, write_statistics=True,
+                       write_page_checksum=True)  # a CRC per page: a reader that verifies refuses a changed byte
         os.replace(tmp, path)
         self._shards.append({"file": path.name, "rows": len(self._buffer), "sha256": sha256_file(path)})
         self._buffer = []
@@ -276,6 +283,40 @@ def load_info(path: str | os.PathLike) -> dict:
     return info
 
 
+# dataset -> the (shard, size, mtime) it had when last verified in this process: a pipeline's jobs verify it once
+_VERIFIED: dict[str, tuple] = {}
+
+
+def verify_dataset(path: str | os.PathLike) -> dict:
+    """What a job checks once, on its driver, before any worker reads dataset ``path``: ``dataset.json`` says the
+    writer finished, every shard it lists is there with the SHA-256 it records, and no ``sample_id`` repeats.
+    Returns ``dataset.json``; raises :class:`ShardError` naming the file (and the sample). The rows themselves are
+    checked by every reader as it decodes them. Verified again only when a shard's size or time changed."""
+    info = load_info(path)
+    if not info.get("complete", False):
+        raise ShardError(storage.join(path, INFO_FILE), "the writer did not finish (\"complete\": false): the dataset "
+                         "holds only the rows written before it stopped; write it again")
+    files = shard_paths(path)
+    stamps = tuple((file, storage.stamp(file)) for file in files)
+    key = storage.absolute(path)
+    if _VERIFIED.get(key) == stamps:
+        return info
+    for entry, (file, found) in zip(info["shards"], stamps):
+        if found is None:
+            raise ShardError(file, "is listed in dataset.json but missing")
+        digest = storage.sha256(file)
+        if digest != entry.get("sha256"):
+            raise ShardChecksumError(file, f"SHA-256 {digest[:12]}… differs from {str(entry.get('sha256'))[:12]}… in "
+                                           "dataset.json: the shard changed after it was written")
+    ids = shard_dataset(path).to_table(columns=["sample_id"]).column("sample_id").to_numpy(zero_copy_only=False)
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise ShardDataError(str(path), f"duplicate sample_id ({int((counts > 1).sum())} repeated)",
+                             str(unique[np.argmax(counts > 1)]), "sample_id")
+    _VERIFIED[key] = stamps
+    return info
+
+
 def _inside(name: str) -> bool:
     """A shard's name as dataset.json may give it: a plain file name, so every read stays in the dataset's folder."""
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
@@ -304,7 +345,7 @@ def open_shard(path: str | os.PathLike, expected: dict | None = None) -> tuple[p
     name = str(path)
     try:
         fs, located = storage.resolve(path)
-        file = pq.ParquetFile(located, filesystem=fs)
+        file = pq.ParquetFile(located, filesystem=fs, page_checksum_verification=True)
     except (OSError, pa.ArrowException) as err:
         raise ShardError(name, f"cannot be read as Parquet ({err}); the file may be truncated or corrupt") from None
     schema = file.schema_arrow
@@ -320,13 +361,21 @@ def open_shard(path: str | os.PathLike, expected: dict | None = None) -> tuple[p
     raw = (schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
         raise ShardSchemaError(name, "has no partkd metadata (schema version and layouts)")
-    metadata = json.loads(raw)
+    try:
+        metadata = json.loads(raw)
+        if not isinstance(metadata, dict):
+            raise ValueError(f"a JSON {type(metadata).__name__}, not an object")
+    except ValueError as err:  # a JSON or Unicode error: the footer is damaged
+        raise ShardSchemaError(name, f"its partkd metadata is unreadable ({err})") from None
     if metadata.get("schema_version") != SCHEMA_VERSION:
         raise ShardSchemaError(name, f"schema version {metadata.get('schema_version')} is not {SCHEMA_VERSION}")
     for side in SIDES:
         key = f"{side}_layout"
         if metadata.get(key) is not None:
-            get_layout(metadata[key])
+            try:
+                get_layout(metadata[key])
+            except UnknownNameError as err:
+                raise ShardSchemaError(name, str(err), column=side) from None
         if expected is not None and metadata.get(key) != expected.get(key):
             raise ShardSchemaError(
                 name, f"{side} layout is {metadata.get(key)}, the dataset declares {expected.get(key)}", column=side
@@ -350,6 +399,7 @@ def decode_side(batch: pa.RecordBatch, side: str, layout: Layout | None, file: s
     offsets = values.offsets.to_numpy()
     flat_scores = scores.values.to_numpy(zero_copy_only=False)
     score_offsets = scores.offsets.to_numpy()
+    check_values(batch, side, file, (flat, offsets), (flat_scores, score_offsets))
     shape_values = shapes_col.values.to_numpy(zero_copy_only=False)
     shape_offsets = shapes_col.offsets.to_numpy()
     frames = batch.column("frames").to_numpy()
@@ -379,19 +429,78 @@ def decode_side(batch: pa.RecordBatch, side: str, layout: Layout | None, file: s
     return out
 
 
+def first_row_where(flat: np.ndarray, offsets: np.ndarray, bad) -> int | None:
+    """The first row of a flat ``list<float32>`` column (its values ``flat``, its row ``offsets``) with a value where
+    ``bad(values)`` is true, or None: one vectorised pass, however many rows."""
+    hits = np.flatnonzero(bad(flat[offsets[0]:offsets[-1]]))
+    return None if hits.size == 0 else int(np.searchsorted(offsets, hits[0] + offsets[0], side="right") - 1)
+
+
+def _flat(column: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
+    return column.values.to_numpy(zero_copy_only=False), column.offsets.to_numpy()
+
+
+def check_values(batch: pa.RecordBatch, side: str, file: str, values=None, scores=None) -> None:
+    """A side's coordinates finite and its scores in [0, 1], every row in one vectorised pass (``values`` and
+    ``scores``: the columns' flat values and offsets, where the caller has them). Raises :class:`ShardDataError`
+    naming the file, the first bad sample and the column."""
+    values = values or _flat(batch.column(side))
+    scores = scores or _flat(batch.column(f"{side}_score"))
+    for column, (flat, offsets), bad, what in (
+            (side, values, lambda v: ~np.isfinite(v), "holds NaN or infinite values"),
+            (f"{side}_score", scores, lambda v: ~((v >= 0) & (v <= 1)), "holds scores outside [0, 1] or NaN")):
+        row = first_row_where(flat, offsets, bad)
+        if row is not None:
+            raise ShardDataError(file, what, batch.column("sample_id")[row].as_py(), column)
+
+
+def check_rows(batch: pa.RecordBatch, file: str, num_classes: int | None) -> None:
+    """The row checks beside the sides' own (:func:`decode_side`): a label in ``[0, num_classes)`` and at least one
+    side. Raises :class:`ShardDataError` naming the file, the first bad sample and the column."""
+    labels = batch.column("label").to_numpy(zero_copy_only=False).astype(np.float64)  # a null reads as NaN
+    bad = np.flatnonzero(~((labels >= 0) & (labels < (np.inf if num_classes is None else num_classes))))
+    if bad.size:
+        value = "null" if np.isnan(labels[bad[0]]) else int(labels[bad[0]])
+        raise ShardDataError(file, f"label {value} outside [0, {num_classes if num_classes is not None else 'inf'})",
+                             batch.column("sample_id")[bad[0]].as_py(), "label")
+    neither = np.flatnonzero(np.asarray(batch.column("hq").is_null().to_numpy(zero_copy_only=False))
+                             & np.asarray(batch.column("lq").is_null().to_numpy(zero_copy_only=False)))
+    if neither.size:
+        raise ShardDataError(file, "has neither an hq nor an lq side", batch.column("sample_id")[neither[0]].as_py(),
+                             "hq")
+
+
+# Page CRCs verified on every read (pages written without one, by older partkd, are read unverified).
+PARQUET_FORMAT = pads.ParquetFileFormat(
+    default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
+
+
 def iter_batches(
     path: str | os.PathLike, *, filter: pc.Expression | None = None, batch_size: int = 256
 ) -> Iterator[tuple[pa.RecordBatch, dict, str]]:
-    """Yield ``(record batch, shard metadata, shard file)`` over a dataset directory or one shard file."""
+    """Yield ``(record batch, shard metadata, shard file)`` over a dataset directory or one shard file; a page whose
+    CRC does not match raises :class:`ShardChecksumError` naming the shard."""
     expected = load_info(path) if storage.is_dir(path) else None
     for shard in shard_paths(path):
         _, metadata = open_shard(shard, expected)
         fs, located = storage.resolve(shard)
         # pyarrow.dataset pushes the filter down to row-group statistics
-        for batch in pads.dataset(located, format="parquet", filesystem=fs).to_batches(filter=filter,
-                                                                                       batch_size=batch_size):
+        batches = pads.dataset(located, format=PARQUET_FORMAT, filesystem=fs).to_batches(filter=filter,
+                                                                                         batch_size=batch_size)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except (OSError, pa.ArrowException) as err:
+                raise ShardChecksumError(str(shard), f"cannot be read ({_first_line(err)}): the file is corrupt; "
+                                                     "restore it or convert the dataset again") from None
             if batch.num_rows:
                 yield batch, metadata, str(shard)
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _optional_int(value) -> int | None:
@@ -405,7 +514,9 @@ def iter_samples(path: str | os.PathLike, *, filter: pc.Expression | None = None
     "train")``). Tensors are copies, safe to modify. A shard that does not match the schema or the layouts raises a
     :class:`ShardError` naming the file, the sample and the column.
     """
+    num_classes = load_info(path)["num_classes"] if storage.is_dir(path) else None
     for batch, metadata, file in iter_batches(path, filter=filter):
+        check_rows(batch, file, num_classes)
         layouts = {side: metadata.get(f"{side}_layout") for side in SIDES}
         decoded = {
             side: decode_side(batch, side, get_layout(name) if name else None, file) for side, name in layouts.items()

@@ -19,7 +19,7 @@ import torch
 
 from partkd import storage
 from partkd.data.raydata import SideTransform
-from partkd.data.shards import load_info
+from partkd.data.shards import load_info, verify_dataset
 from partkd.data.splits import Protocol, WithValidation, get_protocol
 from partkd.layouts import get_grouping, get_layout
 from partkd.models import model_input
@@ -33,7 +33,8 @@ def side_batches(data: DataConfig, side: str, layout: str, splits: Protocol | Wi
                  occlusion_prob: float = 0.0, batch_size: int = 64) -> Iterator[tuple[np.ndarray, ...]]:
     """``(x, score, labels)`` numpy batches of the rows of ``split`` that have ``side``, transformed as ``data``
     says (``data.seed`` seeds the per-sample occlusion masks)."""
-    transform = SideTransform({side: layout}, data.transform(occlusion_prob), seed=data.seed)
+    transform = SideTransform({side: layout}, data.transform(occlusion_prob), seed=data.seed,
+                              num_classes=verify_dataset(data.path)["num_classes"])
     inputs = JobInputs(data.path, splits, "test", side, transform, batch_size)
     for arrays in inputs.local_batches(split):
         yield arrays[f"{side}_x"], arrays[f"{side}_score"], arrays["label"]

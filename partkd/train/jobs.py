@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from partkd import storage, tracking
 from partkd.data.raydata import SideTransform
 from partkd.data.schema import ShardError
-from partkd.data.shards import load_info
+from partkd.data.shards import verify_dataset
 from partkd.train.checkpoint import CheckpointMeta, ModelSpec, load_meta, write_meta
 from partkd.train.config import JobConfig
 from partkd.train.loop import fit, ray_worker
@@ -66,7 +66,8 @@ def job_inputs(job: JobConfig, info: dict, sides: tuple[str, ...], require: str)
     ``info`` is the dataset's ``dataset.json``."""
     occlusion = {"hq": 0.0, "lq": job.data.occlusion_prob}
     transform = SideTransform({side: info[f"{side}_layout"] for side in sides},
-                              {side: job.data.transform(occlusion[side]) for side in sides}, seed=job.data.seed)
+                              {side: job.data.transform(occlusion[side]) for side in sides}, seed=job.data.seed,
+                              num_classes=info["num_classes"])
     return JobInputs(job.data.path, job.data.splits(), job.data.validation_split_name, require, transform,
                      job.data.batch_size, job.data.cache, info["counts"]["samples"])
 
@@ -220,7 +221,7 @@ def train_teacher(job: JobConfig, say: Callable[[str], None] = print, tags: dict
                   backend: str = "ray") -> JobResult:
     """The teacher on the HQ skeletons of the protocol's training split (Eq. 2)."""
     job = absolute_paths(job)
-    info = load_info(job.data.path)
+    info = verify_dataset(job.data.path)  # complete, its checksums, unique ids: once, here on the driver
     if not info.get("hq_layout"):
         raise ValueError(f"{job.data.path}: the dataset has no HQ side to train a teacher on")
     model = ModelSpec.for_job(job.model, info["hq_layout"], info["class_names"])
@@ -235,7 +236,7 @@ def train_student(job: JobConfig, say: Callable[[str], None] = print, tags: dict
     ``tags`` go on its MLflow run; ``callbacks`` are Ray Train ``UserCallback``s (a study's ``TuneReportCallback``).
     """
     job = absolute_paths(job)
-    info = load_info(job.data.path)
+    info = verify_dataset(job.data.path)  # complete, its checksums, unique ids: once, here on the driver
     if not info.get("lq_layout"):
         raise ValueError(f"{job.data.path}: the dataset has no LQ side to train a student on")
     objective = get_objective(job.loss.objective)

@@ -17,7 +17,7 @@ numbering are not filled). Joints map by name into ``layout`` (COCO-18 and BODY_
 ``openpose18`` joint). Persons are tracked across frames by greedy box overlap (IoU >= ``iou_threshold`` with the
 box where a track was last seen; OpenPose boxes come from the visible joints), and the ``max_persons`` tracks with
 the highest summed detection score are kept, most confident first. A frame where a kept person is not detected, and
-a joint with confidence 0, become score-0 joints (coordinates 0).
+a joint with confidence 0, become score-0 joints (coordinates 0). Confidences are clipped to [0, 1].
 
 Labels come from a CSV ``video_id,label`` (labels as integers, or class names — then sorted alphabetically into
 labels), optionally with a header naming further columns ``split``, ``subject``, ``camera``, ``setup``,
@@ -100,7 +100,7 @@ def _detection(values, source: str, layout: str, box, score, where: str) -> Dete
     triples = triples.reshape(-1, 3)[_joint_index(source, layout, where)]  # (V, 3) in the target layout
     if not np.isfinite(triples).all():
         raise ConvertError(where, "non-finite keypoint value")
-    conf = np.clip(triples[:, 2], 0.0, None)
+    conf = np.clip(triples[:, 2], 0.0, 1.0)  # a confidence; heatmap estimators give values a little over 1
     seen = conf > 0
     if not seen.any():
         return None

@@ -6,6 +6,7 @@ annotations or one annotation dict is accepted too. An annotation holds ``frame_
 The layout follows from (V, C) — (17, 2) ``coco17``, (25, 3) ``ntu25``, (18, 2) ``openpose18``, (20, 3)
 ``kinect20``, (13, 2) ``penn13`` — or is given. Without ``keypoint_score`` a joint scores 1 unless its coordinates
 are all 0; a COCO (17, 3) keypoint without scores is read as x, y, score. Non-finite keypoints are missing joints.
+Scores are confidences, clipped to [0, 1] (an estimator's heatmap maximum can pass 1 a little).
 
 Two files pair by ``frame_dir``: e.g. PYSKL's NTU 3D annotation (``ntu60_3danno.pkl``) as HQ and its HRNet 2D one
 (``ntu60_hrnet.pkl``) as LQ — the paper's heterogeneous setting. NTU-named ``frame_dir``\\ s fill setup, camera,
@@ -272,7 +273,7 @@ def read_annotation(ann: dict, path, index: int, layout: str, side: str, max_per
     if persons == 0 or frames == 0:
         return Skipped(f"{path}: {frame_dir}", "no skeleton: keypoint has no person or no frame")
     finite = np.isfinite(keypoint).all(axis=-1) & np.isfinite(score)
-    score = np.where(finite, np.clip(score, 0.0, None), 0.0)
+    score = np.where(finite, np.clip(score, 0.0, 1.0), 0.0)  # a confidence; heatmap maxima can pass 1 a little
     if not score.any():
         return Skipped(f"{path}: {frame_dir}", "no skeleton: every score is 0")
     keypoint = np.where(finite[..., None], keypoint, 0.0)
