@@ -9,7 +9,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 import warnings
 
 from partkd.cli import bench, data, demo, train
@@ -34,13 +37,36 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return args.func(args)
     except (ShardError, StorageError, FileExistsError, FileNotFoundError, UnknownNameError, ValueError) as err:
         if args.debug:
             raise
-        print(f"partkd: error: {err}", file=sys.stderr)
+        print(f"partkd: error: {'; '.join([str(err), *getattr(err, '__notes__', ())])}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as err:  # what a writer had finished is kept (DatasetWriter)
+        if args.debug:
+            raise
+        print(f"partkd: {'interrupted' if isinstance(err, KeyboardInterrupt) else 'terminated'}; "
+              f"{'; '.join(getattr(err, '__notes__', ())) or 'stopped'}", file=sys.stderr)
+        return 130 if isinstance(err, KeyboardInterrupt) else 143
+    except BrokenPipeError:  # the reader went away (`partkd data info ... | head`): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM (``kill``, ``ray job stop``, a pod's shutdown), raised where the command is, so that open writers
+    close as on Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def synthesize(out, cfg, overwrite: bool, rows_per_shard: int = 1024, quiet: bool = False) -> dict:

@@ -35,7 +35,7 @@ import numpy as np
 from partkd.data.convert.common import ConvertReport, Progress, Skipped, WriteOptions, write_dataset
 from partkd.data.noise import NoiseProfile, apply_noise, get_noise_profile
 from partkd.data.schema import Sample
-from partkd.data.shards import iter_samples, load_info, shard_dataset
+from partkd.data.shards import iter_samples, shard_dataset, verify_dataset
 from partkd.data.splits import allocate
 from partkd.data.synth import FOCAL_PX, IMAGE_SIZE, project_pinhole, rest_bone
 from partkd.data.transforms import sample_rng
@@ -224,7 +224,7 @@ def degrade_dataset(
         raise ValueError(f"paired_fraction must be in [0, 1], got {paired_fraction}")
     if Path(out).resolve() == Path(src).resolve():
         raise ValueError(f"{out}: degrade writes a new dataset; the output must not be the input {src}")
-    info = load_info(src)
+    info = verify_dataset(src)  # a derived dataset is whole only if its source is: complete, checksums, ids
     if info.get("hq_layout") is None:
         raise ValueError(f"{src}: has no HQ side to degrade (dataset.json declares no hq_layout)")
     source = get_layout(info["hq_layout"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -85,12 +86,15 @@ def _rows_to_table(samples: list[Sample], metadata: dict) -> pa.Table:
 
 
 class DatasetWriter:
-    """Write samples to ``part-NNNNN.parquet`` shards and ``dataset.json``.
+    """Write samples to ``part-NNNNN.parquet`` shards and ``dataset.json``, all or nothing.
 
-    Use as a context manager. Each sample is checked against the layouts when written (shape, finite values, label
-    range, unique id) and refused with a :class:`ShardDataError` naming it. Shards go to disk under a temporary
-    name and are renamed when complete; if the writing stops on an error, the rows already accepted are flushed and
-    ``dataset.json`` is written with ``"complete": false`` so nothing written is lost and ``validate`` flags it.
+    Use as a context manager. Each sample is checked against the layouts when written (shape, finite values, scores
+    in [0, 1], label range, unique id) and refused with a :class:`ShardDataError` naming it. Everything is written
+    into a hidden sibling folder (``.<name>.partial``) and moved to ``out_dir`` when complete, so a dataset already
+    there (``overwrite``) is replaced only by a whole one, and an interruption, SIGKILL included, leaves it intact;
+    the sibling of a killed run is cleared by the next. If the writing stops on an error, the rows accepted so far
+    are kept with ``"complete": false`` in ``dataset.json`` (so nothing written is lost and ``validate`` and every
+    job refuse it): in ``out_dir`` when it held no dataset, else in the sibling, which the error names.
     """
 
     def __init__(
@@ -107,17 +111,19 @@ class DatasetWriter:
         info: dict | None = None,
     ):
         self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and any(self.out_dir.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"{self.out_dir} is not empty; choose another directory or pass overwrite")
-            for old in [*self.out_dir.glob("part-*.parquet"), self.out_dir / INFO_FILE]:
-                old.unlink(missing_ok=True)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise FileExistsError(f"{self.out_dir} is a file, not a dataset folder")
+        if self.out_dir.exists() and any(self.out_dir.iterdir()) and not overwrite:
+            raise FileExistsError(f"{self.out_dir} is not empty; choose another directory or pass overwrite")
         self.name, self.class_names, self.info = name, list(class_names), dict(info or {})
         self.layouts: dict[str, Layout | None] = {
             "hq": get_layout(hq_layout) if hq_layout else None,
             "lq": get_layout(lq_layout) if lq_layout else None,
         }
+        self.partial = self.out_dir.with_name(f".{self.out_dir.name}.partial")  # where it is written
+        if self.partial.exists():
+            shutil.rmtree(self.partial)  # left by a run that was killed
+        self.partial.mkdir(parents=True)
         self.rows_per_shard, self.row_group_size = rows_per_shard, row_group_size
         self._buffer: list[Sample] = []
         self._shards: list[dict] = []
@@ -186,12 +192,10 @@ class DatasetWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        path = self.out_dir / SHARD_PATTERN.format(len(self._shards))
-        tmp = path.with_suffix(".parquet.tmp")
+        path = self.partial / SHARD_PATTERN.format(len(self._shards))
         table = _rows_to_table(self._buffer, self._metadata)
-        pq.write_table(table, tmp, compression="zstd", row_group_size=self.row_group_size, write_statistics=True,
+        pq.write_table(table, path, compression="zstd", row_group_size=self.row_group_size, write_statistics=True,
                        write_page_checksum=True)  # a CRC per page: a reader that verifies refuses a changed byte
-        os.replace(tmp, path)
         self._shards.append({"file": path.name, "rows": len(self._buffer), "sha256": sha256_file(path)})
         self._buffer = []
 
@@ -205,17 +209,35 @@ class DatasetWriter:
             rows={k: np.array(v) for k, v in self._rows.items()}, info=self.info,
         )
         info["complete"] = complete
-        tmp = self.out_dir / (INFO_FILE + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, self.out_dir / INFO_FILE)
+        with open(self.partial / INFO_FILE, "w") as f:
+            f.write(json.dumps(info, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         self.summary = info
+        if complete or not (self.out_dir.exists() and any(self.out_dir.iterdir())):
+            self._publish()
         return info
+
+    def _publish(self) -> None:
+        """The finished folder in place of ``out_dir``: the old one (if any) is moved aside, the new one renamed in,
+        then the old one deleted; a crash between the two renames leaves both beside ``out_dir``, whole."""
+        old = self.out_dir.with_name(f".{self.out_dir.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if self.out_dir.exists():
+            os.replace(self.out_dir, old)
+        os.replace(self.partial, self.out_dir)
+        if old.exists():
+            shutil.rmtree(old)
 
     def __enter__(self) -> DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(complete=exc_type is None)
+        if exc is not None and self.partial.exists():  # out_dir held a dataset: kept, the rows written beside it
+            exc.add_note(f"{self.out_dir} is left as it was; the {len(self._seen_ids)} rows written before the error "
+                         f"are in {self.partial}, marked incomplete")
 
 
 def _class_counts(labels: np.ndarray, num_classes: int) -> list[int]:

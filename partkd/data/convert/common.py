@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from partkd.data.schema import SIDES, Sample
-from partkd.data.shards import DatasetWriter, iter_samples, load_info
+from partkd.data.shards import DatasetWriter, iter_samples, verify_dataset
 
 Progress = Callable[[int, int], None]  # (done, total) -> None; total 0 when unknown
 UNLABELLED = -1  # a sample whose label comes from the dataset it is paired with
@@ -173,7 +173,7 @@ class _OtherSide:
 
 
 def _load_other_side(path: str | os.PathLike, side: str) -> _OtherSide:
-    info = load_info(path)
+    info = verify_dataset(path)  # the side paired in must be whole: complete, checksums, ids
     layout = info.get(f"{side}_layout")
     if layout is None:
         raise ConvertError(path, f"has no {side} side to pair with (its dataset.json declares no {side}_layout)")
