@@ -42,6 +42,17 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     assert "dataset.json" in capsys.readouterr().err
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """``partkd data info DIR | head -1``: the pipe closes before partkd writes; no BrokenPipeError traceback."""
+    out = tmp_path / "ds"
+    assert main(["data", "synth", "--out", str(out), "--samples", "4", "--classes", "4", "--frames", "10"]) == 0
+    process = subprocess.Popen([sys.executable, "-m", "partkd.cli", "data", "info", str(out)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before the interpreter has even started
+    assert process.wait(timeout=120) == 1
+    assert process.stderr.read() == ""
+
+
 def test_demo_smoke_test_through_the_console_script(tmp_path):
     """The README's first command on a tiny dataset: every stage, the table, and the MLflow runs in ./mlflow.db.
     Its jobs run in the demo's process (``--backend local``): each stage on Ray is a Ray Train job that test_train
