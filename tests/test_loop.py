@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VAL_FRACTION, cli_student, tiny_job
+from conftest import VAL_FRACTION, cli_student, tiny_job, tiny_sets
 from mlflow.tracking import MlflowClient
 
 from partkd.cli import main
@@ -24,7 +26,7 @@ from partkd.layouts import get_grouping, get_layout
 from partkd.losses import global_msc_loss, kl_logit_loss, pmsc_loss
 from partkd.models import ModelOutput, PartPool, create_model, model_input, part_pool
 from partkd.part_matrix import compute_part_matrix
-from partkd.train.checkpoint import load_frozen_teacher, load_meta, load_model
+from partkd.train.checkpoint import CheckpointError, load_frozen_teacher, load_meta, load_model
 from partkd.train.config import load_config
 from partkd.train.distill import FeatureBank, hq_set_from_batch
 from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, side_batches
@@ -164,6 +166,43 @@ def test_injected_failure_is_retried_from_the_last_checkpoint(root, train_data, 
     with pytest.raises(RuntimeError, match="injected worker failure"):  # no retry left: the job fails
         train_teacher(local_job(root, train_data, "teacher-failed-once", SLICE, "train.fail_at_epoch=0",
                                 "train.max_failures=0"), quiet, backend="local")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MB filesystem (tmpfs), mounted for the test: a disk that fills up. Needs root, as CI has."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or mounted.returncode}): needs root")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_full_disk_at_checkpoint_time_is_a_clear_error_and_keeps_the_last_checkpoint(root, train_data,
+                                                                                         small_disk, capsys):
+    def job(name, epochs):
+        return local_job(root, train_data, name, SLICE, f"train.storage_path={small_disk}", f"train.epochs={epochs}")
+
+    train_teacher(job("size", 1), quiet, backend="local")  # how much one checkpoint takes here
+    size = sum(f.stat().st_size for f in (small_disk / "size" / "checkpoint_000000").iterdir())
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * (free - int(1.5 * size)))  # room for one more checkpoint, not two
+    with pytest.raises(CheckpointError) as err:
+        train_teacher(job("full", 2), quiet, backend="local")
+    kept = small_disk / "full" / "checkpoint_000000"
+    assert str(err.value) == (f"job full: the checkpoint of epoch 1 could not be written to {small_disk / 'full'}/"
+                              f"checkpoint_000001 (No space left on device); the last one, {kept}, is intact")
+    assert torch.load(kept / "train_state.pt", weights_only=True)["epoch"] == 0
+    assert "val/top1" in load_model(kept)[1].metrics
+    assert sorted(p.name for p in (small_disk / "full").iterdir()) == ["checkpoint_000000"]  # no partial one left
+    sets = [a for item in tiny_sets(root, train_data, "full-cli", SLICE, f"train.storage_path={small_disk}",
+                                    "train.num_workers=1") for a in ("--set", item)]
+    assert main(["train", "teacher", "--backend", "local", *sets]) == 2  # on the command line: one line
+    said = [line for line in capsys.readouterr().err.splitlines() if "mlflow.store.db" not in line]  # MLflow's own
+    assert len(said) == 1 and said[0].startswith("partkd: error: job full-cli: the checkpoint of epoch 0 could not")
 
 
 STUDENTS = [("ce", "bank", 8), ("kl", "batch", 8), ("global_msc", "bank", 4), ("pmsc", "batch", 8),

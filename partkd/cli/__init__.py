@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         sys.stdout.flush()  # a pipe closed early fails here, not in Python's own flush at exit
         return code
-    except (ShardError, StorageError, FileExistsError, FileNotFoundError, UnknownNameError, ValueError) as err:
+    except BrokenPipeError:  # the reader went away (`partkd data info ... | head`): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail
+        return 1
+    except (ShardError, StorageError, OSError, UnknownNameError, ValueError) as err:  # OSError: a full disk, say
         if args.debug:
             raise
         print(f"partkd: error: {'; '.join([str(err), *getattr(err, '__notes__', ())])}", file=sys.stderr)
@@ -54,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"partkd: {'interrupted' if isinstance(err, KeyboardInterrupt) else 'terminated'}; "
               f"{'; '.join(getattr(err, '__notes__', ())) or 'stopped'}", file=sys.stderr)
         return 130 if isinstance(err, KeyboardInterrupt) else 143
-    except BrokenPipeError:  # the reader went away (`partkd data info ... | head`): end quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail
-        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

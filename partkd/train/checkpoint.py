@@ -91,15 +91,28 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+class CheckpointError(OSError):
+    """A checkpoint that could not be written (a full disk, a quota); the message names the job, the epoch, the place
+    and the last checkpoint kept."""
+
+
 def save_checkpoint(directory: Path, model: nn.Module, meta: CheckpointMeta, optimizer=None, scheduler=None,
                     epoch: int | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save(unwrap(model).state_dict(), directory / "model.pt")
+    _save(unwrap(model).state_dict(), directory / "model.pt")
     if optimizer is not None:
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch},
-                   directory / "train_state.pt")
+        _save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch},
+              directory / "train_state.pt")
     write_meta(directory, meta)
     return directory
+
+
+def _save(tensors: dict, file: Path) -> None:
+    """``torch.save`` through memory: on a full disk its own file writer fails with a bare RuntimeError ("unexpected
+    pos"); Python's file write raises the OSError (ENOSPC) that says what happened."""
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    file.write_bytes(buffer.getbuffer())
 
 
 def write_meta(directory: str | Path, meta: CheckpointMeta) -> None:

@@ -23,7 +23,7 @@ from partkd import storage, tracking
 from partkd.data.raydata import SideTransform
 from partkd.data.schema import ShardError
 from partkd.data.shards import verify_dataset
-from partkd.train.checkpoint import CheckpointMeta, ModelSpec, load_meta, write_meta
+from partkd.train.checkpoint import CheckpointError, CheckpointMeta, ModelSpec, load_meta, write_meta
 from partkd.train.config import JobConfig
 from partkd.train.loop import fit, ray_worker
 from partkd.train.objectives import get_objective
@@ -129,7 +129,7 @@ def _fit_local(job: JobConfig, meta: CheckpointMeta, inputs: JobInputs, final: s
         try:
             fit(job, meta, session)
             break
-        except ShardError:  # bad data stays bad: no second attempt
+        except (ShardError, CheckpointError):  # bad data stays bad, a full disk stays full: no second attempt
             raise
         except Exception:
             if attempt == job.train.max_failures:

@@ -29,6 +29,7 @@ from partkd import tracking
 from partkd.data.raydata import SideTransform, read_shards
 from partkd.data.shards import iter_batches
 from partkd.data.splits import Protocol, WithValidation
+from partkd.train.checkpoint import CheckpointError
 from partkd.train.config import JobConfig, TrainConfig
 
 # ``<storage>/<name>/checkpoint_*``: Ray Train's checkpoint folders, and the local session's (epoch-numbered)
@@ -301,7 +302,14 @@ class LocalSession(WorkerSession):
         target = self.folder / f"checkpoint_{epoch:06d}"
         partial = self.folder / f".{target.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        write_checkpoint(partial)
+        try:
+            write_checkpoint(partial)
+        except OSError as err:  # a full disk, a quota: the last whole checkpoint stays, and the error says where
+            shutil.rmtree(partial, ignore_errors=True)
+            saved = sorted(self.folder.glob(CHECKPOINT_GLOB))
+            kept = f"the last one, {saved[-1]}, is intact" if saved else "no earlier checkpoint exists"
+            raise CheckpointError(f"job {self.job.train.name}: the checkpoint of epoch {epoch} could not be written "
+                                  f"to {target} ({err.strerror or err}); {kept}") from err
         shutil.rmtree(target, ignore_errors=True)
         os.replace(partial, target)  # a checkpoint is there whole or not at all
         for old in sorted(self.folder.glob(CHECKPOINT_GLOB))[:-CHECKPOINTS_KEPT]:
