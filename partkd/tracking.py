@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -165,11 +166,69 @@ def run(uri: str, experiment: str, run_name: str, params: dict, tags: dict, pare
     end_run(uri, run_id)
 
 
-def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
+# An epoch's metrics that the tracking server could not take (down, restarting): per (uri, run id), in this process.
+_PENDING: dict[tuple[str, str], list] = {}
+_QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quick_retries() -> Iterator[None]:
+    """MLflow's HTTP retries cut to one, for this process while the block runs (MLflow reads them per request):
+    training does not wait minutes on a server that is down."""
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in _QUICK}
+        os.environ.update(_QUICK)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _log_batch(uri: str, run_id: str, items: list) -> None:
     client = _client(uri)
+    for start in range(0, len(items), 1000):  # MLflow's limit of metrics per batch
+        client.log_batch(run_id, metrics=items[start:start + 1000])
+
+
+def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
+    """An epoch's metrics. Where a tracking server does not answer (after one quick retry), they are kept, training
+    goes on, and they are sent with the next epoch's or by :func:`flush_metrics` at the end of the job: none lost."""
     now = int(time.time() * 1000)
-    items = [_entities().Metric(k, float(v), now, step) for k, v in metrics.items()]
-    client.log_batch(run_id, metrics=items)
+    items = _PENDING.pop((uri, run_id), []) + [_entities().Metric(k, float(v), now, step) for k, v in metrics.items()]
+    if not uri.startswith(("http://", "https://")):
+        _log_batch(uri, run_id, items)  # a local store that fails is a broken disk, not an outage
+        return
+    try:
+        with _quick_retries():
+            _log_batch(uri, run_id, items)
+    except Exception as err:  # noqa: BLE001 - MLflow's and requests' errors alike: the server is unreachable
+        if not _PENDING:
+            print(f"partkd: MLflow at {uri} does not answer ({_first_line(err)}); training goes on, the metrics "
+                  f"from epoch {step} on are kept and sent when it answers", file=sys.stderr, flush=True)
+        _PENDING[(uri, run_id)] = items
+
+
+def flush_metrics(uri: str, run_id: str) -> None:
+    """The metrics :func:`log_epoch_metrics` kept, sent with MLflow's full retries (minutes): at a job's end."""
+    items = _PENDING.pop((uri, run_id), [])
+    if items:
+        try:
+            _log_batch(uri, run_id, items)
+        except Exception as err:
+            raise RuntimeError(f"MLflow at {uri} still does not answer ({_first_line(err)}): {len(items)} metric "
+                               f"values of run {run_id} are not logged; the checkpoint holds the last epoch's") \
+                from None
+        print(f"partkd: MLflow at {uri} answers again; {len(items)} kept metric values logged", file=sys.stderr,
+              flush=True)
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
 
 
 def metric_name(name: str) -> str:

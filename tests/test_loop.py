@@ -7,7 +7,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VAL_FRACTION, cli_student, tiny_job, tiny_sets
+from conftest import VAL_FRACTION, cli_student, free_port, tiny_job, tiny_sets, wait_for_http
 from mlflow.tracking import MlflowClient
 
 from partkd.cli import main
@@ -203,6 +207,64 @@ def test_a_full_disk_at_checkpoint_time_is_a_clear_error_and_keeps_the_last_chec
     assert main(["train", "teacher", "--backend", "local", *sets]) == 2  # on the command line: one line
     said = [line for line in capsys.readouterr().err.splitlines() if "mlflow.store.db" not in line]  # MLflow's own
     assert len(said) == 1 and said[0].startswith("partkd: error: job full-cli: the checkpoint of epoch 0 could not")
+
+
+class MlflowServer:
+    """``mlflow server`` on a SQLite store, stopped (SIGKILL) and started again on the same port and store."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.port = folder, free_port()
+        self.uri, self.process = f"http://127.0.0.1:{self.port}", None
+
+    def start(self) -> None:
+        log = self.folder / "server.log"
+        with open(log, "a") as out:
+            self.process = subprocess.Popen(
+                [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port",
+                 str(self.port), "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+                 "--default-artifact-root", str(self.folder / "artifacts"), "--allowed-hosts",
+                 f"127.0.0.1:{self.port}"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        wait_for_http(f"{self.uri}/health", self.process, log)
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def test_a_tracking_server_down_mid_run_loses_no_metric(root, train_data, tmp_path, capfd):
+    """The MLflow server killed after epoch 0 and started again once two more checkpoints are written: training goes
+    on meanwhile, and every epoch's metrics are in the run at the end."""
+    server = MlflowServer(tmp_path)
+    server.start()
+    folder = root / "ray" / "teacher-outage"
+    outage = {}
+
+    def stop_and_restart():
+        while not (folder / "checkpoint_000000").exists():
+            time.sleep(0.02)
+        server.kill()
+        outage["killed"] = True
+        while not list(folder.glob("checkpoint_00000[2-9]")):
+            time.sleep(0.02)
+        outage["trained_while_down"] = len(list(folder.glob("checkpoint_*")))
+        server.start()
+
+    thread = threading.Thread(target=stop_and_restart, daemon=True)
+    thread.start()
+    try:
+        result = train_teacher(local_job(root, train_data, "teacher-outage", SLICE, "train.epochs=4",
+                                         f"tracking_uri={server.uri}"), quiet, backend="local")
+        thread.join(timeout=60)
+        assert outage.get("killed") and outage.get("trained_while_down", 0) >= 2  # epochs went on without it
+        client = MlflowClient(tracking_uri=server.uri)
+        assert client.get_run(result.run_id).info.status == "FINISHED"
+        for key in ("loss/ce", "train/top1", "val/top1", "lr"):
+            assert sorted(m.step for m in client.get_metric_history(result.run_id, key)) == list(range(4)), key
+        said = capfd.readouterr().err
+        assert f"partkd: MLflow at {server.uri} does not answer" in said and "answers again" in said
+    finally:
+        server.kill()
 
 
 STUDENTS = [("ce", "bank", 8), ("kl", "batch", 8), ("global_msc", "bank", 4), ("pmsc", "batch", 8),

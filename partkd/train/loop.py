@@ -258,6 +258,7 @@ def fit(job: JobConfig, meta: CheckpointMeta, session: WorkerSession) -> None:
         session.report(epoch, metrics, partial(save_checkpoint, model=model, meta=epoch_meta, optimizer=optimizer,
                                                scheduler=scheduler, epoch=epoch))
         inject_failure(job, session, epoch)
+    session.flush_metrics()
 
 
 def ray_worker(config: dict) -> None:

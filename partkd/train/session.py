@@ -199,6 +199,12 @@ class WorkerSession:
         if self.rank == 0 and self.job.mlflow_run_id:
             tracking.log_epoch_metrics(self.job.tracking_uri, self.job.mlflow_run_id, metrics, epoch)
 
+    def flush_metrics(self) -> None:
+        """At the end of training: metrics a tracking server that was down could not take, sent now (waiting for it
+        with MLflow's full retries)."""
+        if self.rank == 0 and self.job.mlflow_run_id:
+            tracking.flush_metrics(self.job.tracking_uri, self.job.mlflow_run_id)
+
     def shuffle_seed(self, epoch: int) -> int:
         return self.job.train.seed * 1_000_003 + epoch
 
