@@ -12,10 +12,19 @@ from partkd.layouts import get_layout
 KINECT20 = get_layout("kinect20")
 
 
-def write_msr(path, frames, seed=0):
-    """Per frame 20 lines 'x y z c' in MSR's order; returns the coordinates (T, 20, 3) in that order."""
-    coords = np.round(np.random.default_rng(seed).uniform(-1, 3, size=(frames, 20, 3)), 4)
-    lines = [f"{x:g} {y:g} {z:g} 0" for frame in coords for x, y, z in frame]
+def body_motion(frames, seed=0):
+    """A body-like sequence (T, 20, 3): one random pose moved about, each joint jittered by a few mm, so its bone
+    lengths change by a few percent from frame to frame, as a tracked body's do."""
+    rng = np.random.default_rng(seed)
+    pose = rng.uniform(-1, 1, size=(20, 3))
+    drift = np.cumsum(rng.normal(scale=0.02, size=(frames, 1, 3)), axis=0)
+    return np.round(pose + drift + rng.normal(scale=0.005, size=(frames, 20, 3)), 4)
+
+
+def write_msr(path, frames, seed=0, joints=20):
+    """Per frame ``joints`` lines 'x y z c' in MSR's order; returns the coordinates (T, 20, 3) in that order."""
+    coords = body_motion(frames, seed)
+    lines = [f"{x:g} {y:g} {z:g} 0" for frame in coords for x, y, z in frame[:joints]]
     path.write_text("\n".join(lines) + "\n")
     return coords
 
@@ -59,6 +68,17 @@ def test_msr_damaged_files(tmp_path):
     (tmp_path / "a02_s01_e01_skeleton3D.txt").write_text("\n".join(lines) + "\n")
     with pytest.raises(ConvertError, match=r"skeleton3D\.txt: line 24: '0.1 0.2 oops 0' is not 4 numbers"):
         convert_kinect_v1([tmp_path], tmp_path / "ds2")
+
+
+def test_msr_lines_that_do_not_group_into_frames_of_20_are_refused(tmp_path):
+    """19 joint lines a frame (the head left out) over 40 frames: 760 lines, a multiple of 20, which read as 38 frames
+    of shifted joints. The bones tell: their lengths jump from frame to frame."""
+    write_msr(tmp_path / "a03_s02_e01_skeleton3D.txt", 40, joints=19)
+    with pytest.raises(ConvertError, match=r"a03_s02_e01_skeleton3D\.txt: its 760 lines do not group into frames of "
+                                           r"20 joints: read so, the bone lengths change by a median \d+% "):
+        convert_kinect_v1([tmp_path], tmp_path / "ds")
+    write_msr(tmp_path / "a03_s02_e01_skeleton3D.txt", 38)  # the same body with its 20 joints: taken
+    assert convert_kinect_v1([tmp_path], tmp_path / "ds2").written == 1
 
 
 def write_utk(folder, name, frame_numbers, seed):
