@@ -68,6 +68,21 @@ def test_invisible_joints_can_keep_their_annotated_position(penn_root, tmp_path)
     np.testing.assert_array_equal(s.hq[0, ..., 0], mats["0001"]["x"].astype(np.float32))
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ({"x": np.full((3, 13), "a")}, "field 'x' holds <U1 values, expected numbers"),
+    ({"visibility": np.full((3, 13), "yes")}, "field 'visibility' holds <U3 values, expected numbers"),
+    ({"nframes": np.array(["three"])}, "cannot be read (ValueError: invalid literal for int()"),
+])
+def test_fields_of_the_wrong_type_name_the_file_and_are_skipped_with_skip_bad(tmp_path, override, message):
+    write_mat(tmp_path / "0007.mat", "bowl", 1, 3, **override)
+    write_mat(tmp_path / "0008.mat", "bowl", 1, 3, seed=8)
+    with pytest.raises(ConvertError) as err:
+        convert_penn([tmp_path], tmp_path / "ds")
+    assert str(err.value).startswith(f"{tmp_path / '0007.mat'}: ") and message in str(err.value)
+    report = convert_penn([tmp_path], tmp_path / "skipped", write=WriteOptions(skip_bad=True))
+    assert report.written == 1 and [s.source for s in report.skipped] == [str(tmp_path / "0007.mat")]
+
+
 def test_damaged_files_name_the_file_and_field(tmp_path):
     folder = tmp_path / "labels"
     folder.mkdir()

@@ -100,13 +100,19 @@ class ConvertReport:
 
 
 def guarded(source: str | os.PathLike, read: Callable[[], Sample | Skipped], skip_bad: bool) -> Sample | Skipped:
-    """``read()``, or with ``skip_bad`` a :class:`Skipped` carrying the :class:`ConvertError` it raised."""
+    """``read()``, or with ``skip_bad`` a :class:`Skipped` carrying the :class:`ConvertError` it raised. Any other
+    error a reader did not foresee (a field of the wrong type, say) becomes a ConvertError naming ``source`` too."""
     try:
         return read()
     except ConvertError as err:
         if not skip_bad:
             raise
         return Skipped(str(source), str(err))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as err:
+        unforeseen = ConvertError(source, f"cannot be read ({type(err).__name__}: {str(err)[:200]})")
+        if not skip_bad:
+            raise unforeseen from err
+        return Skipped(str(source), str(unforeseen))
 
 
 def side_sample(side: str, coords: np.ndarray, score: np.ndarray, **fields) -> Sample:

@@ -51,6 +51,14 @@ def _scalar(mat: dict, key: str, path: Path):
     return value[0]
 
 
+def _numbers(mat: dict, key: str, path: Path) -> np.ndarray:
+    try:
+        return np.asarray(mat[key], dtype=np.float64)
+    except (TypeError, ValueError):
+        kind = np.asarray(mat[key]).dtype
+        raise ConvertError(path, f"field {key!r} holds {kind} values, expected numbers") from None
+
+
 def read_penn_file(path: str | os.PathLike, invisible_score: float = 0.0, side: str = "hq") -> Sample | Skipped:
     """One Penn Action label file as a one-person sample (skipped if no joint is ever visible, e.g. ``1516``)."""
     path = Path(path)
@@ -61,8 +69,7 @@ def read_penn_file(path: str | os.PathLike, invisible_score: float = 0.0, side: 
     for key in _FIELDS:
         if key not in mat:
             raise ConvertError(path, f"has no field {key!r} (a Penn Action label file has {', '.join(_FIELDS)})")
-    x, y = np.asarray(mat["x"], dtype=np.float64), np.asarray(mat["y"], dtype=np.float64)
-    visibility = np.asarray(mat["visibility"])
+    x, y, visibility = (_numbers(mat, key, path) for key in ("x", "y", "visibility"))
     for key, value in (("x", x), ("y", y), ("visibility", visibility)):
         if value.ndim != 2 or value.shape[1] != JOINTS:
             raise ConvertError(path, f"field {key!r} has shape {list(value.shape)}, expected [frames, {JOINTS}]")
