@@ -152,6 +152,12 @@ def test_damaged_json_names_the_file_and_line(videos, tmp_path):
     with pytest.raises(ConvertError, match=r"clip2_000000000001_keypoints\.json: people\[0\]: 60 keypoint values "
                                            r"is neither BODY_25"):
         convert_pose_json([root / "clip2"], tmp_path / "b", labels=tmp_path / "l.csv")
+    for doc, message in (({"people": 5}, "'people' is int, expected a list of persons"),
+                         ({"people": [{"pose_keypoints_2d": "abc"}]}, "people[0] has no 'pose_keypoints_2d' list")):
+        (root / "clip2" / "clip2_000000000001_keypoints.json").write_text(json.dumps(doc))
+        with pytest.raises(ConvertError) as err:
+            convert_pose_json([root / "clip2"], tmp_path / "b", labels=tmp_path / "l.csv")
+        assert str(err.value).endswith(f"clip2_000000000001_keypoints.json: {message}")
     (root / "clip2" / "clip2_000000000001_keypoints.json").write_text('{"people": []}\n{"people": []}\n')
     with pytest.raises(ConvertError, match="line 2: is not valid JSON: Extra data .* should be named .jsonl"):
         convert_pose_json([root / "clip2"], tmp_path / "c", labels=tmp_path / "l.csv")

@@ -93,8 +93,8 @@ class DatasetWriter:
     into a hidden sibling folder (``.<name>.partial``) and moved to ``out_dir`` when complete, so a dataset already
     there (``overwrite``) is replaced only by a whole one, and an interruption, SIGKILL included, leaves it intact;
     the sibling of a killed run is cleared by the next. If the writing stops on an error, the rows accepted so far
-    are kept with ``"complete": false`` in ``dataset.json`` (so nothing written is lost and ``validate`` and every
-    job refuse it): in ``out_dir`` when it held no dataset, else in the sibling, which the error names.
+    (if any) are kept with ``"complete": false`` in ``dataset.json`` (so nothing written is lost and ``validate``
+    and every job refuse it): in ``out_dir`` when it held no dataset, else in the sibling, which the error names.
     """
 
     def __init__(
@@ -209,6 +209,10 @@ class DatasetWriter:
             rows={k: np.array(v) for k, v in self._rows.items()}, info=self.info,
         )
         info["complete"] = complete
+        if not complete and not self._seen_ids:  # stopped before any row: nothing to keep
+            shutil.rmtree(self.partial, ignore_errors=True)
+            self.summary = info
+            return info
         with open(self.partial / INFO_FILE, "w") as f:
             f.write(json.dumps(info, indent=2) + "\n")
             f.flush()

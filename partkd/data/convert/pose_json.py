@@ -126,11 +126,13 @@ def _detection(values, source: str, layout: str, box, score, where: str) -> Dete
 def frame_detections(doc, layout: str, where: str) -> list[Detection]:
     """The persons of one frame: an OpenPose frame dict, an OpenPifPaf predictions list or a video record."""
     if isinstance(doc, dict) and "people" in doc:
+        if not isinstance(doc["people"], list):
+            raise ConvertError(where, f"'people' is {type(doc['people']).__name__}, expected a list of persons")
         people = []
         for p, person in enumerate(doc["people"]):
             values = person.get("pose_keypoints_2d") if isinstance(person, dict) else None
-            if values is None:
-                raise ConvertError(where, f"people[{p}] has no 'pose_keypoints_2d'")
+            if not isinstance(values, list):
+                raise ConvertError(where, f"people[{p}] has no 'pose_keypoints_2d' list")
             source = _OPENPOSE_BY_LENGTH.get(len(values))
             if source is None:
                 raise ConvertError(where, f"people[{p}]: {len(values)} keypoint values is neither BODY_25 (75) nor "
