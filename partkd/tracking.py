@@ -168,14 +168,20 @@ def run(uri: str, experiment: str, run_name: str, params: dict, tags: dict, pare
 
 # An epoch's metrics that the tracking server could not take (down, restarting): per (uri, run id), in this process.
 _PENDING: dict[tuple[str, str], list] = {}
-_QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# MLflow's HTTP retries and timeout cut short (MLflow reads them per request) while training waits on a log call.
+_QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+          "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 _ENV_LOCK = threading.Lock()
+
+
+class TrackingUnavailable(ConnectionError):
+    """The tracking server still did not answer at the end of a job: metrics kept for it could not be logged."""
 
 
 @contextlib.contextmanager
 def _quick_retries() -> Iterator[None]:
-    """MLflow's HTTP retries cut to one, for this process while the block runs (MLflow reads them per request):
-    training does not wait minutes on a server that is down."""
+    """:data:`_QUICK` in this process's environment while the block runs: training does not wait minutes on a server
+    that is down. (Process-wide: another thread's MLflow call meanwhile, e.g. progress polling, is cut short too.)"""
     with _ENV_LOCK:
         saved = {k: os.environ.get(k) for k in _QUICK}
         os.environ.update(_QUICK)
@@ -195,11 +201,18 @@ def _log_batch(uri: str, run_id: str, items: list) -> None:
         client.log_batch(run_id, metrics=items[start:start + 1000])
 
 
+def _refused(err: BaseException) -> bool:
+    """The server answered and refused (a 4xx: a deleted run, a bad request): not an outage to wait out."""
+    status = getattr(err, "get_http_status_code", lambda: None)()
+    return status is not None and 400 <= int(status) < 500
+
+
 def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
     """An epoch's metrics. Where a tracking server does not answer (after one quick retry), they are kept, training
     goes on, and they are sent with the next epoch's or by :func:`flush_metrics` at the end of the job: none lost."""
     now = int(time.time() * 1000)
-    items = _PENDING.pop((uri, run_id), []) + [_entities().Metric(k, float(v), now, step) for k, v in metrics.items()]
+    kept = _PENDING.pop((uri, run_id), [])
+    items = kept + [_entities().Metric(k, float(v), now, step) for k, v in metrics.items()]
     if not uri.startswith(("http://", "https://")):
         _log_batch(uri, run_id, items)  # a local store that fails is a broken disk, not an outage
         return
@@ -207,24 +220,32 @@ def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
         with _quick_retries():
             _log_batch(uri, run_id, items)
     except Exception as err:  # noqa: BLE001 - MLflow's and requests' errors alike: the server is unreachable
-        if not _PENDING:
+        if _refused(err):
+            raise
+        if not kept:
             print(f"partkd: MLflow at {uri} does not answer ({_first_line(err)}); training goes on, the metrics "
                   f"from epoch {step} on are kept and sent when it answers", file=sys.stderr, flush=True)
         _PENDING[(uri, run_id)] = items
+        return
+    if kept:
+        print(f"partkd: MLflow at {uri} answers again; {len(kept)} kept metric values logged", file=sys.stderr,
+              flush=True)
 
 
 def flush_metrics(uri: str, run_id: str) -> None:
-    """The metrics :func:`log_epoch_metrics` kept, sent with MLflow's full retries (minutes): at a job's end."""
+    """The metrics :func:`log_epoch_metrics` kept, sent with MLflow's full retries (minutes): at a job's end. Raises
+    :class:`TrackingUnavailable` if the server still does not answer."""
     items = _PENDING.pop((uri, run_id), [])
-    if items:
-        try:
-            _log_batch(uri, run_id, items)
-        except Exception as err:
-            raise RuntimeError(f"MLflow at {uri} still does not answer ({_first_line(err)}): {len(items)} metric "
-                               f"values of run {run_id} are not logged; the checkpoint holds the last epoch's") \
-                from None
-        print(f"partkd: MLflow at {uri} answers again; {len(items)} kept metric values logged", file=sys.stderr,
-              flush=True)
+    if not items:
+        return
+    try:
+        _log_batch(uri, run_id, items)
+    except Exception as err:
+        raise TrackingUnavailable(f"MLflow at {uri} still does not answer ({_first_line(err)}): {len(items)} metric "
+                                  f"values of run {run_id} are not logged; the checkpoint holds the last epoch's "
+                                  "metrics") from None
+    print(f"partkd: MLflow at {uri} answers again; {len(items)} kept metric values logged", file=sys.stderr,
+          flush=True)
 
 
 def _first_line(err: BaseException) -> str:

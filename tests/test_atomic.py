@@ -38,7 +38,33 @@ def test_an_overwrite_that_fails_leaves_the_old_dataset_whole(tmp_path):
     assert load_info(partial)["complete"] is False and ids(partial) == ["new0", "new1", "new2"]
     write(out, new[:3], overwrite=True)  # a whole one replaces it, and the siblings go
     assert ids(out) == ["new0", "new1", "new2"] and validate_dataset(out).ok
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.lock", "ds"]
+
+
+def test_overwrite_replaces_a_dataset_folder_only_and_one_writer_at_a_time(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"mine holds more than a partkd dataset \(notes.txt\)"):
+        write(tmp_path / "mine", [make_sample("a")], overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with DatasetWriter(tmp_path / "ds", name="t", class_names=["a"], hq_layout="ntu25", lq_layout="coco17") as first:
+        first.write(make_sample("a"))
+        with pytest.raises(FileExistsError, match="ds is being written by another process"):
+            write(tmp_path / "ds", [make_sample("b")], overwrite=True)
+    assert ids(tmp_path / "ds") == ["a"]
+
+
+def test_a_writer_killed_between_its_two_renames_is_mended_by_the_next(tmp_path):
+    out = tmp_path / "ds"
+    write(out, [make_sample("old")])
+    write(tmp_path / "new", [make_sample("new")])
+    (tmp_path / "new").rename(tmp_path / ".ds.partial")  # as _publish leaves them after its first rename
+    out.rename(tmp_path / ".ds.old")
+    with pytest.raises(KeyboardInterrupt):
+        with DatasetWriter(out, name="t", class_names=["a"], hq_layout="ntu25", lq_layout="coco17", overwrite=True):
+            assert ids(out) == ["new"] and not (tmp_path / ".ds.old").exists()  # the whole new one put in place
+            raise KeyboardInterrupt  # stopped before its first row: nothing replaced
+    assert ids(out) == ["new"] and validate_dataset(out).ok
 
 
 def _synth(out, *extra) -> subprocess.Popen:

@@ -241,13 +241,13 @@ def test_a_tracking_server_down_mid_run_loses_no_metric(root, train_data, tmp_pa
     outage = {}
 
     def stop_and_restart():
-        while not (folder / "checkpoint_000000").exists():
+        while not list(folder.glob("checkpoint_*")):
             time.sleep(0.02)
         server.kill()
-        outage["killed"] = True
+        outage["killed_after"] = max(int(p.name.split("_")[1]) for p in folder.glob("checkpoint_*"))
         while not list(folder.glob("checkpoint_00000[2-9]")):
             time.sleep(0.02)
-        outage["trained_while_down"] = len(list(folder.glob("checkpoint_*")))
+        outage["restarted_after"] = max(int(p.name.split("_")[1]) for p in folder.glob("checkpoint_*"))
         server.start()
 
     thread = threading.Thread(target=stop_and_restart, daemon=True)
@@ -256,13 +256,14 @@ def test_a_tracking_server_down_mid_run_loses_no_metric(root, train_data, tmp_pa
         result = train_teacher(local_job(root, train_data, "teacher-outage", SLICE, "train.epochs=4",
                                          f"tracking_uri={server.uri}"), quiet, backend="local")
         thread.join(timeout=60)
-        assert outage.get("killed") and outage.get("trained_while_down", 0) >= 2  # epochs went on without it
+        assert outage["killed_after"] == 0 and outage["restarted_after"] >= 2  # epochs 1 and 2 trained without it
         client = MlflowClient(tracking_uri=server.uri)
         assert client.get_run(result.run_id).info.status == "FINISHED"
         for key in ("loss/ce", "train/top1", "val/top1", "lr"):
             assert sorted(m.step for m in client.get_metric_history(result.run_id, key)) == list(range(4)), key
         said = capfd.readouterr().err
-        assert f"partkd: MLflow at {server.uri} does not answer" in said and "answers again" in said
+        assert said.count(f"partkd: MLflow at {server.uri} does not answer") == 1  # said once, not every epoch
+        assert said.count(f"partkd: MLflow at {server.uri} answers again") == 1
     finally:
         server.kill()
 

@@ -74,6 +74,23 @@ def test_bad_row_fails_naming_shard_and_sample(ray_session, tmp_path):
         ds.take_all()
 
 
+def test_a_flipped_bit_in_a_page_fails_the_ray_read(ray_session, tmp_path):
+    """Page CRCs are verified by Ray Data's read tasks too: a bit flipped inside the coordinates' pages stops the read
+    instead of changing a value (the footer is intact, so the file opens)."""
+    path = tmp_path / "ds"
+    with DatasetWriter(path, name="t", class_names=["a"], hq_layout="ntu25", lq_layout="coco17") as writer:
+        writer.write_all([make_sample(f"s{i}", seed=i, frames=40) for i in range(8)])
+    shard = path / "part-00000.parquet"
+    group = pq.ParquetFile(shard).metadata.row_group(0)
+    column = next(group.column(j) for j in range(group.num_columns)
+                  if group.column(j).path_in_schema == "hq.list.element")
+    data = bytearray(shard.read_bytes())
+    data[column.data_page_offset + column.total_compressed_size // 2] ^= 0x04
+    shard.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="CRC checksum verification failed"):
+        read_shards(path).take_all()
+
+
 def test_cached_dataset_reaches_each_worker_as_an_equal_part_the_same_every_epoch(ray_session, synth_dir):
     """A materialized (``data.cache``) split goes to Ray Train's workers cut in advance (no coordinator): every rank
     gets as many rows as the others, no row twice, and the same rows each time it iterates (each epoch)."""

@@ -103,7 +103,8 @@ def test_ddp_job_resumes_after_a_worker_process_is_killed_and_ends_like_an_unint
     assert killer.error is None and killer.killed is not None and killer.checkpoints == 1  # killed mid-run
     with pytest.raises(ProcessLookupError):
         os.kill(killer.killed, 0)  # that process is gone
-    assert [step for step, _ in history(root, resumed.run_id, "loss/ce")] == [0, 1]  # epoch 0 not trained again
+    steps = [step for step, _ in history(root, resumed.run_id, "loss/ce")]
+    assert steps.count(0) == 1 and set(steps) == {0, 1}  # epoch 0 not trained again (1 may be, if killed at its end)
     for key in ("loss/ce", "train/top1", "val/top1"):
         assert resumed.metrics[key] == teacher.metrics[key], key
     a, b = load_model(resumed.checkpoint)[0].state_dict(), load_model(teacher.checkpoint)[0].state_dict()

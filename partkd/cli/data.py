@@ -142,7 +142,8 @@ def cmd_show(args) -> int:
 
 def _writing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output dataset directory (must be empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace the shards of an existing dataset in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the dataset in --out, once the new one is complete (never a folder of other files)")
     p.add_argument("--rows-per-shard", type=int, default=1024)
     p.add_argument("--name", help="dataset name recorded in dataset.json")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -175,7 +176,8 @@ def _synth_parser(data_subparsers) -> None:
                    help="estimator noise profile of the LQ side")
     p.add_argument("--two-person", action="store_true", help="include the two-person classes")
     p.add_argument("--rows-per-shard", type=int, default=1024)
-    p.add_argument("--overwrite", action="store_true", help="replace the shards of an existing dataset in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the dataset in --out, once the new one is complete (never a folder of other files)")
     p.set_defaults(func=cmd_synth)
 
 

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from partkd.data.schema import SIDES
 from partkd.data.shards import check_rows, decode_side, load_info, open_shard, shard_paths
@@ -41,9 +42,13 @@ def read_shards(path: str | os.PathLike, *, filter=None, **read_args):
     context = ray.data.DataContext.get_current()
     v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
-        # each page's CRC verified as it is read: a flipped bit fails the read instead of reaching training
+        # each page's CRC verified as it is read (by the footer pass and by every read task's scan options, which
+        # Ray otherwise sets without it): a flipped bit fails the read instead of reaching training
         ds = ray.data.read_parquet(files, include_paths=True, **read_args,
-                                   dataset_kwargs={"page_checksum_verification": True})
+                                   dataset_kwargs={"page_checksum_verification": True},
+                                   fragment_scan_options=pads.ParquetFragmentScanOptions(
+                                       use_buffered_stream=True, buffer_size=8 << 20,
+                                       page_checksum_verification=True))
     finally:
         context.use_datasource_v2 = v2
     return ds if filter is None else ds.filter(expr=filter)

@@ -10,11 +10,14 @@ rest once, on its driver (:func:`verify_dataset`: complete, checksums, unique id
 
 from __future__ import annotations
 
+import fcntl
+import fnmatch
 import hashlib
 import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +95,11 @@ class DatasetWriter:
     in [0, 1], label range, unique id) and refused with a :class:`ShardDataError` naming it. Everything is written
     into a hidden sibling folder (``.<name>.partial``) and moved to ``out_dir`` when complete, so a dataset already
     there (``overwrite``) is replaced only by a whole one, and an interruption, SIGKILL included, leaves it intact;
-    the sibling of a killed run is cleared by the next. If the writing stops on an error, the rows accepted so far
-    (if any) are kept with ``"complete": false`` in ``dataset.json`` (so nothing written is lost and ``validate``
-    and every job refuse it): in ``out_dir`` when it held no dataset, else in the sibling, which the error names.
+    the sibling of a killed run is cleared by the next. One writer a place at a time (a lock on ``.NAME.lock``, a
+    file that stays); ``overwrite`` replaces a dataset folder only, never a folder holding other files. If the
+    writing stops on an error, the rows accepted so far (if any) are kept with ``"complete": false`` in
+    ``dataset.json`` (so nothing written is lost and ``validate`` and every job refuse it): in ``out_dir`` when it
+    held no dataset, else in the sibling, which the error names.
     """
 
     def __init__(
@@ -110,20 +115,34 @@ class DatasetWriter:
         overwrite: bool = False,
         info: dict | None = None,
     ):
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(out_dir).resolve()  # a link: its target is replaced, the link stays
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise FileExistsError(f"{self.out_dir} is a file, not a dataset folder")
-        if self.out_dir.exists() and any(self.out_dir.iterdir()) and not overwrite:
+        held = sorted(p.name for p in self.out_dir.iterdir()) if self.out_dir.exists() else []
+        if held and not overwrite:
             raise FileExistsError(f"{self.out_dir} is not empty; choose another directory or pass overwrite")
+        foreign = [name for name in held if not (name == INFO_FILE or fnmatch.fnmatch(name, "part-*.parquet"))]
+        if foreign:  # overwrite replaces a dataset, never a folder of other things
+            raise FileExistsError(f"{self.out_dir} holds more than a partkd dataset ({', '.join(foreign[:3])}"
+                                  f"{', ...' if len(foreign) > 3 else ''}); overwrite replaces only a dataset folder: "
+                                  "choose another directory")
         self.name, self.class_names, self.info = name, list(class_names), dict(info or {})
         self.layouts: dict[str, Layout | None] = {
             "hq": get_layout(hq_layout) if hq_layout else None,
             "lq": get_layout(lq_layout) if lq_layout else None,
         }
         self.partial = self.out_dir.with_name(f".{self.out_dir.name}.partial")  # where it is written
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.out_dir.with_name(f".{self.out_dir.name}.lock"), "w")
+        try:  # one writer a place at a time: a second would delete the first one's rows
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise FileExistsError(f"{self.out_dir} is being written by another process") from None
+        self._recover()
         if self.partial.exists():
             shutil.rmtree(self.partial)  # left by a run that was killed
-        self.partial.mkdir(parents=True)
+        self.partial.mkdir()
         self.rows_per_shard, self.row_group_size = rows_per_shard, row_group_size
         self._buffer: list[Sample] = []
         self._shards: list[dict] = []
@@ -209,22 +228,40 @@ class DatasetWriter:
             rows={k: np.array(v) for k, v in self._rows.items()}, info=self.info,
         )
         info["complete"] = complete
-        if not complete and not self._seen_ids:  # stopped before any row: nothing to keep
-            shutil.rmtree(self.partial, ignore_errors=True)
+        try:
+            if not complete and not self._seen_ids:  # stopped before any row: nothing to keep
+                shutil.rmtree(self.partial, ignore_errors=True)
+                self.summary = info
+                return info
+            with open(self.partial / INFO_FILE, "w") as f:
+                f.write(json.dumps(info, indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
             self.summary = info
+            if complete or not (self.out_dir.exists() and any(self.out_dir.iterdir())):
+                self._publish()
             return info
-        with open(self.partial / INFO_FILE, "w") as f:
-            f.write(json.dumps(info, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.summary = info
-        if complete or not (self.out_dir.exists() and any(self.out_dir.iterdir())):
-            self._publish()
-        return info
+        finally:
+            self._unlock()
+
+    def _recover(self) -> None:
+        """A run killed between :meth:`_publish`'s two renames left the old dataset in ``.NAME.old`` and no
+        ``out_dir``: the new one goes in place if it was whole, else the old one goes back."""
+        old = self.out_dir.with_name(f".{self.out_dir.name}.old")
+        if not old.exists():
+            return
+        if self.out_dir.exists():
+            shutil.rmtree(old)  # killed after both renames
+            return
+        info = self.partial / INFO_FILE
+        whole = info.exists() and json.loads(info.read_text()).get("complete") is True
+        os.replace(self.partial if whole else old, self.out_dir)
+        shutil.rmtree(old, ignore_errors=True)
 
     def _publish(self) -> None:
         """The finished folder in place of ``out_dir``: the old one (if any) is moved aside, the new one renamed in,
-        then the old one deleted; a crash between the two renames leaves both beside ``out_dir``, whole."""
+        then the old one deleted; a crash between the two renames leaves both beside ``out_dir``, whole, and the next
+        writer there puts the new one in place (:meth:`_recover`)."""
         old = self.out_dir.with_name(f".{self.out_dir.name}.old")
         if old.exists():
             shutil.rmtree(old)
@@ -233,6 +270,11 @@ class DatasetWriter:
         os.replace(self.partial, self.out_dir)
         if old.exists():
             shutil.rmtree(old)
+
+    def _unlock(self) -> None:
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -323,14 +365,16 @@ def verify_dataset(path: str | os.PathLike) -> dict:
         raise ShardError(storage.join(path, INFO_FILE), "the writer did not finish (\"complete\": false): the dataset "
                          "holds only the rows written before it stopped; write it again")
     files = shard_paths(path)
-    stamps = tuple((file, storage.stamp(file)) for file in files)
+    stamps = (info.get("fingerprint"), *((file, storage.stamp(file)) for file in files))
     key = storage.absolute(path)
     if _VERIFIED.get(key) == stamps:
         return info
-    for entry, (file, found) in zip(info["shards"], stamps):
+    for file, found in stamps[1:]:
         if found is None:
             raise ShardError(file, "is listed in dataset.json but missing")
-        digest = storage.sha256(file)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # hashing releases the GIL; an object store's reads overlap
+        digests = list(pool.map(storage.sha256, files))
+    for entry, file, digest in zip(info["shards"], files, digests):
         if digest != entry.get("sha256"):
             raise ShardChecksumError(file, f"SHA-256 {digest[:12]}… differs from {str(entry.get('sha256'))[:12]}… in "
                                            "dataset.json: the shard changed after it was written")

@@ -129,8 +129,8 @@ def _fit_local(job: JobConfig, meta: CheckpointMeta, inputs: JobInputs, final: s
         try:
             fit(job, meta, session)
             break
-        except (ShardError, CheckpointError):  # bad data stays bad, a full disk stays full: no second attempt
-            raise
+        except (ShardError, CheckpointError, tracking.TrackingUnavailable):  # bad data stays bad, a full disk
+            raise  # full, and an attempt after the last epoch would only lose the metrics kept for MLflow
         except Exception:
             if attempt == job.train.max_failures:
                 raise
