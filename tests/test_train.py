@@ -8,6 +8,7 @@ and sample named. The bank-mode student from the command line runs in process (t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ from conftest import VAL_FRACTION, cli_student, tiny_job
 from mlflow.tracking import MlflowClient
 
 from partkd.data.schema import ShardError
-from partkd.data.shards import load_info, shard_paths
+from partkd.data.shards import load_info, sha256_file, shard_paths
 from partkd.train.checkpoint import load_model
 from partkd.train.jobs import JobDataError, train_teacher
 
@@ -144,6 +145,9 @@ def test_bad_row_fails_the_job_naming_shard_and_sample(root, train_data, cache):
     field = table.schema.field("hq_shape")
     table = table.set_column(table.schema.get_field_index("hq_shape"), field, pa.array(shapes, type=field.type))
     pq.write_table(table, shard, compression="zstd")
+    info = json.loads((bad / "dataset.json").read_text())  # its checksum recorded, as a buggy writer would: past
+    info["shards"][0]["sha256"] = sha256_file(shard)  # the driver's checks, the row is met by a worker
+    (bad / "dataset.json").write_text(json.dumps(info))
     name = f"teacher-bad-row-{cache}"
     with pytest.raises(JobDataError) as err:
         train_teacher(tiny_job(root, bad, name, "train.max_failures=0", f"data.cache={cache}"), quiet)
