@@ -125,13 +125,15 @@ def test_paper_view_trains_each_student_at_the_op_it_is_tested_at(tmp_path, trai
 def test_bench_kd_command_pairs_seeds_and_writes_its_table_curves_and_e_spread(tmp_path, monkeypatch):
     """``partkd bench kd`` end to end on the smoke preset, in process: two seeds, paired gains with a t interval,
     the per-term curves and E's spread per class, all also in the benchmark's MLflow run."""
+    import csv as csv_module
+
     from partkd.cli import main
 
     monkeypatch.chdir(tmp_path)  # mlflow.db of the working directory
     assert main(["bench", "kd", "--preset", "smoke", "--out", "b", "--seeds", "1,2", "--objectives", "ce,pmsc",
                  "--backend", "local", "--set", "train.epochs=1", "--set", "data.eval_occlusion_probs=0.5"]) == 0
     out = tmp_path / "b"
-    csv = [line.split(",") for line in (out / "results.csv").read_text().splitlines()[1:]]
+    csv = list(csv_module.reader((out / "results.csv").read_text().splitlines()[1:]))
     top1 = {(int(seed), model): float(value) for seed, model, _, _, _, value, _ in csv}
     gains = [100 * (top1[s, "Student (w/ KD)"] - top1[s, "Student (w/o KD)"]) for s in (1, 2)]
     table = (out / "results.md").read_text().splitlines()

@@ -8,6 +8,9 @@ and the closing notes: :func:`summarise`.
 
 from __future__ import annotations
 
+import csv
+import io
+
 import numpy as np
 from scipy import stats
 
@@ -74,7 +77,9 @@ def summarise(rows: list[dict], baseline: tuple[str, str] = ("student_ce", "w/o 
     lines.append(f"\nmean ± std (sample std) over {len(seeds)} seeds: {', '.join(map(str, seeds))}; gain: the "
                  f"per-seed difference from {base_label} at the same training and test OP (same data, occlusion "
                  f"masks and initial weights), its {CONFIDENCE:.0%} Student-t interval and the seeds where it is > 0")
-    csv = ["seed,model,skeleton,train_op,op,top1,top5"]
-    csv += [f"{r['seed']},{r['model']},{r['skeleton']},{r['train_op']:.1f},{r['op']:.1f},{r['top1']:.6f},"
-            f"{r['top5']:.6f}" for r in rows]
-    return "\n".join(lines) + "\n", "\n".join(csv) + "\n"
+    table = io.StringIO()  # the csv module quotes a label with a comma in it ("Student (w/ KD, tuned)")
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["seed", "model", "skeleton", "train_op", "op", "top1", "top5"])
+    writer.writerows([r["seed"], r["model"], r["skeleton"], f"{r['train_op']:.1f}", f"{r['op']:.1f}",
+                      f"{r['top1']:.6f}", f"{r['top5']:.6f}"] for r in rows)
+    return "\n".join(lines) + "\n", table.getvalue()
