@@ -122,8 +122,8 @@ def test_study_summary_is_mean_and_sample_std_over_seeds_with_paired_gains():
                         "[-21.41, +29.41] | 2/2 |")
     assert "over 2 seeds: 1, 2" in markdown
     assert csv.splitlines()[1] == "1,Student (w/o KD),LQ coco17,0.3,0.3,0.500000,0.900000"
-    tuned = row("student_pmsc_tuned", "Student (w/ KD, tuned)", 0.3, 1, 0.58, 0.95)
-    _, csv = summarise(rows + [tuned])  # a label with a comma stays one field
+    tuned = [row("student_pmsc_tuned", "Student (w/ KD, tuned)", 0.3, seed, 0.58, 0.95) for seed in (1, 2)]
+    _, csv = summarise(rows + tuned)  # a label with a comma stays one field
     import csv as csv_module
     read = list(csv_module.DictReader(csv.splitlines()))
     assert read[-1] == {"seed": "1", "model": "Student (w/ KD, tuned)", "skeleton": "LQ coco17", "train_op": "0.3",
