@@ -126,7 +126,7 @@ def test_study_summary_is_mean_and_sample_std_over_seeds_with_paired_gains():
     _, csv = summarise(rows + tuned)  # a label with a comma stays one field
     import csv as csv_module
     read = list(csv_module.DictReader(csv.splitlines()))
-    assert read[-1] == {"seed": "1", "model": "Student (w/ KD, tuned)", "skeleton": "LQ coco17", "train_op": "0.3",
+    assert read[-1] == {"seed": "2", "model": "Student (w/ KD, tuned)", "skeleton": "LQ coco17", "train_op": "0.3",
                         "op": "0.3", "top1": "0.580000", "top5": "0.950000"}
 
 
