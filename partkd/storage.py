@@ -204,11 +204,12 @@ def check_reachable(location, what: str) -> None:
         found = fs.get_file_info(bucket)
     except OSError as err:
         raise StorageError(f"{what} = {location}: bucket {bucket!r} cannot be reached{endpoint} "
-                           f"({_first_line(err)}){hint}") from None
+                           f"({first_line(err)}){hint}") from None
     if found.type == pafs.FileType.NotFound:
         raise StorageError(f"{what} = {location}: bucket {bucket!r} does not exist{endpoint}{hint}")
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """An error's first line (its type where it says nothing), for one-line messages."""
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 

@@ -223,7 +223,7 @@ def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
         if _refused(err):
             raise
         if not kept:
-            print(f"partkd: MLflow at {uri} does not answer ({_first_line(err)}); training goes on, the metrics "
+            print(f"partkd: MLflow at {uri} does not answer ({storage.first_line(err)}); training goes on, the metrics "
                   f"from epoch {step} on are kept and sent when it answers", file=sys.stderr, flush=True)
         _PENDING[(uri, run_id)] = items
         return
@@ -241,15 +241,12 @@ def flush_metrics(uri: str, run_id: str) -> None:
     try:
         _log_batch(uri, run_id, items)
     except Exception as err:
-        raise TrackingUnavailable(f"MLflow at {uri} still does not answer ({_first_line(err)}): {len(items)} metric "
-                                  f"values of run {run_id} are not logged; the checkpoint holds the last epoch's "
-                                  "metrics") from None
+        raise TrackingUnavailable(f"MLflow at {uri} still does not answer ({storage.first_line(err)}): "
+                                  f"{len(items)} metric values of run {run_id} are not logged; the checkpoint holds "
+                                  "the last epoch's metrics") from None
     print(f"partkd: MLflow at {uri} answers again; {len(items)} kept metric values logged", file=sys.stderr,
           flush=True)
 
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
 
 
 def metric_name(name: str) -> str:

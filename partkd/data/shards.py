@@ -563,14 +563,10 @@ def iter_batches(
             except StopIteration:
                 break
             except (OSError, pa.ArrowException) as err:
-                raise ShardChecksumError(str(shard), f"cannot be read ({_first_line(err)}): the file is corrupt; "
-                                                     "restore it or convert the dataset again") from None
+                raise ShardChecksumError(str(shard), f"cannot be read ({storage.first_line(err)}): the file is "
+                                                     "corrupt; restore it or convert the dataset again") from None
             if batch.num_rows:
                 yield batch, metadata, str(shard)
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _optional_int(value) -> int | None:
