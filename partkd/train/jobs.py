@@ -93,7 +93,8 @@ def ensure_ray() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def _fit_ray(job: JobConfig, meta: CheckpointMeta, datasets: dict, callbacks: list, final: str) -> dict:
+def _fit_ray(job: JobConfig, meta: CheckpointMeta, datasets: dict, shuffle_rows: int, callbacks: list,
+             final: str) -> dict:
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -109,7 +110,7 @@ def _fit_ray(job: JobConfig, meta: CheckpointMeta, datasets: dict, callbacks: li
                                       execution_options=ray.data.ExecutionOptions(preserve_order=True))
     gpu_share = {"GPU": job.train.gpus_per_worker} if job.train.use_gpu else {}
     trainer = TorchTrainer(
-        ray_worker, train_loop_config={"job": job.to_dict(), "meta": meta.to_json()},
+        ray_worker, train_loop_config={"job": job.to_dict(), "meta": meta.to_json(), "shuffle_rows": shuffle_rows},
         scaling_config=ray.train.ScalingConfig(num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
                                                resources_per_worker={"CPU": job.train.cpus_per_worker,
                                                                      **gpu_share}),
@@ -203,7 +204,7 @@ def _run(job: JobConfig, model: ModelSpec, side: str, inputs: JobInputs, info: d
                 if backend == "ray":
                     ensure_ray()
                     datasets = inputs.ray_datasets()  # footers checked, and with data.cache the rows too
-                    metrics = _fit_ray(job, meta, datasets, callbacks, final)
+                    metrics = _fit_ray(job, meta, datasets, inputs.shuffle_rows(), callbacks, final)
                 else:
                     metrics = _fit_local(job, meta, inputs, final)
         except BaseException as err:

@@ -264,4 +264,4 @@ def fit(job: JobConfig, meta: CheckpointMeta, session: WorkerSession) -> None:
 def ray_worker(config: dict) -> None:
     """``train_loop_per_worker`` of a ``TorchTrainer``: the config rebuilt on the worker's first line."""
     job, meta = JobConfig.from_dict(config["job"]), CheckpointMeta.from_json(config["meta"])
-    fit(job, meta, RaySession(job))
+    fit(job, meta, RaySession(job, config["shuffle_rows"]))
