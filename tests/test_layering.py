@@ -14,7 +14,7 @@ RANK = {"layouts": 0, "storage": 0, "data": 1, "models": 2, "losses": 3, "part_m
 # the same inside the packages that have several layers of their own
 INNER = {
     "data": {"schema": 0, "noise": 0, "transforms": 0, "protocols": 0, "shards": 1, "splits": 2, "synth": 2,
-             "validate": 2, "raydata": 2, "show": 2, "convert": 3, "degrade": 4},
+             "validate": 2, "raydata": 2, "show": 2, "convert": 3, "degrade": 4, "subset": 4},
     "train": {"objectives": 0, "results": 0, "ingest": 0, "config": 1, "checkpoint": 2, "session": 3, "distill": 4,
               "loop": 5, "evaluate": 6, "jobs": 6, "pipeline": 7, "schedule": 7},
     "cli": {"progress": 0, "data": 1, "train": 1, "bench": 1, "demo": 2, "__main__": 3},

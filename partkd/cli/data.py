@@ -132,6 +132,18 @@ def cmd_degrade(args) -> int:
     return 0
 
 
+def cmd_subset(args) -> int:
+    from partkd.data.subset import subset_dataset
+
+    report = subset_dataset(
+        args.dir, args.out, protocol=args.protocol, train_per_class=args.train_per_class, seed=args.seed,
+        name=args.name, overwrite=args.overwrite, rows_per_shard=args.rows_per_shard,
+        progress=None if args.quiet else ProgressPrinter("subset"),
+    )
+    print(report.text())
+    return 0
+
+
 def cmd_show(args) -> int:
     from partkd.data.show import show_sample
 
@@ -238,6 +250,14 @@ def register(commands) -> None:
                    help="target joints the HQ layout cannot give (penn13 -> coco17: the face): refuse (default) or "
                         "mark them missing in every frame (score 0), as joints the estimator never finds")
     p.set_defaults(func=cmd_degrade)
+
+    p = data_subparsers.add_parser("subset", help="a smaller training split, every other row kept (new directory)")
+    p.add_argument("dir", help="the dataset")
+    _writing_options(p)
+    p.add_argument("--protocol", required=True, help="the protocol whose training split is cut (e.g. official, xsub)")
+    p.add_argument("--train-per-class", type=int, required=True, help="training rows kept per class")
+    p.add_argument("--seed", type=int, default=0, help="which rows are kept")
+    p.set_defaults(func=cmd_subset)
 
     p = data_subparsers.add_parser("show", help="render one sample's HQ and LQ side by side (PNG strip or GIF)")
     p.add_argument("dir", help="dataset directory")
