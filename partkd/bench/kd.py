@@ -32,7 +32,7 @@ from partkd.train.pipeline import (
     student_kinds,
 )
 from partkd.train.results import summarise
-from partkd.train.schedule import choose_schedule
+from partkd.train.schedule import choose_schedule, choose_settings
 
 
 def synthetic_dataset(out: Path, preset: str, seed: int, paired_fraction: float,
@@ -51,24 +51,29 @@ def synthetic_dataset(out: Path, preset: str, seed: int, paired_fraction: float,
     return path
 
 
-PAIRED = ("data.", "train.seed", "train.epochs", "train.milestones")  # what a paired student must share
+PAIRED = ("data.", "model.", "train.seed", "train.epochs", "train.milestones")  # what a paired student must share
+SCHEDULES = {
+    "preset": "the preset's epochs, lr and model",
+    "epochs": "the preset's lr and model, epochs from a pilot teacher's validation curve",
+    "auto": "lr, then width, from probe teachers, then epochs from a pilot's validation curve",
+}
 
 
 def check_variant(kind: StudentKind, job: JobConfig) -> None:
     """A variant's settings must load on ``job`` and leave what pairs it with the other students alone: the data,
-    its occlusion and masks, the seed and the schedule."""
+    its occlusion and masks, the model (the same initial backbone), the seed and the schedule."""
     load_config(job, sets=list(kind.sets))
     shared = [item.split("=")[0].strip() for item in kind.sets if item.strip().startswith(PAIRED)]
     if shared:
         raise ValueError(f"student {kind.objective}:{kind.variant}: a variant may not change {', '.join(shared)}; "
-                         f"its students are paired with the others by the same data, masks, seed and schedule")
+                         f"its students are paired with the others by the same data, masks, model, seed and schedule")
 
 
 def check_kd_bench(job: JobConfig, objectives: tuple[str, ...], view: str, schedule: str,
                    variants: dict[str, list[str]] | None) -> None:
     """Everything about a benchmark that can be refused before any data is made or job run."""
-    if schedule not in ("preset", "auto"):
-        raise ValueError(f"unknown schedule {schedule!r}; known: preset, auto")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     check_view(view)
     for kind in student_kinds(objectives, variants):
         check_variant(kind, job)
@@ -80,9 +85,10 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
     """Run the pipeline for each ``seed -> dataset`` and write ``out/results.md`` and ``out/results.csv``.
 
     The benchmark is an MLflow run ``bench-kd-<out>``; each seed's pipeline is nested under it, each training job
-    under its pipeline. ``schedule="auto"`` replaces the preset's epochs and milestones by the schedule a pilot
-    teacher on the first seed's data chooses on a validation slice (:func:`~partkd.train.schedule.choose_schedule`),
-    the same for every seed; ``"preset"`` keeps the preset's.
+    under its pipeline. ``schedule`` (:data:`SCHEDULES`): ``"epochs"`` replaces the preset's epochs and milestones by
+    the schedule a pilot teacher on the first seed's data chooses on a validation slice
+    (:func:`~partkd.train.schedule.choose_schedule`); ``"auto"`` first chooses the lr and the model's width by probes
+    (:func:`~partkd.train.schedule.choose_settings`); the same for every seed. ``"preset"`` keeps the preset's.
     """
     out = Path(out).resolve()
     first = preset_job(preset, datasets[min(datasets)], out / "ray", min(datasets), out.name, sets)
@@ -95,15 +101,25 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
     spreads = ["seed,class,entropy_over_log_p,miss_rate_range"]  # E's rows: how sharply each class singles out parts
     tags = {"kind": "benchmark", "view": view}
     with tracking.run(uri, f"partkd/{info['name']}", f"bench-kd-{out.name}", params, tags) as bench:
-        note = f"schedule: the {preset} preset's, {first.train.epochs} epochs"
-        if schedule == "auto":
-            chosen = choose_schedule(replace(first, tracking_uri=uri, parent_run_id=bench), say, backend)
+        note = (f"schedule: the {preset} preset's, {first.train.epochs} epochs, lr {first.train.lr:g}, width "
+                f"{first.model.base_channels}")
+        if schedule != "preset":
+            pilot_job = replace(first, tracking_uri=uri, parent_run_id=bench)
+            settings = choose_settings(pilot_job, say, backend) if schedule == "auto" else None
+            chosen = choose_schedule(pilot_job, say, backend, settings=settings)
             sets = [*sets, *chosen.sets()]
-            tracking.set_tags(uri, bench, {"schedule.epochs": chosen.epochs, "schedule.rule": chosen.rule})
+            schedule_tags = {"schedule.epochs": chosen.epochs, "schedule.rule": chosen.rule}
+            if settings:
+                schedule_tags.update({"schedule.lr": settings.lr, "schedule.base_channels": settings.base_channels})
+                (out / "schedule_probes.csv").write_text(settings.table())
+                tracking.log_texts(uri, bench, {"results/schedule_probes.csv": settings.table()})
+            tracking.set_tags(uri, bench, schedule_tags)
             for epoch, value in enumerate(chosen.curve):
                 tracking.log_epoch_metrics(uri, bench, {"schedule/val_top1": value}, epoch)
-            note = (f"schedule: {chosen.epochs} epochs, lr x 0.1 at epochs {','.join(map(str, chosen.milestones))}, "
-                    f"chosen by a {chosen.rule}")
+            lr, width = (settings.lr, settings.base_channels) if settings else (first.train.lr,
+                                                                                 first.model.base_channels)
+            note = (f"schedule: {chosen.epochs} epochs, lr {lr:g} x 0.1 at epochs "
+                    f"{','.join(map(str, chosen.milestones))}, width {width}, chosen by {chosen.rule}")
         for seed, data in datasets.items():
             began = time.perf_counter()
             say(f"=== seed {seed}: {data}")

@@ -87,9 +87,10 @@ def register(commands) -> None:
     p.add_argument("--view", choices=("paper", "robustness"), default="paper",
                    help="paper (default): one student per objective and OP, trained at the OP it is tested at; "
                         "robustness: one student per objective trained at data.occlusion_prob, tested at every OP")
-    p.add_argument("--schedule", choices=("preset", "auto"), default="preset",
-                   help="preset (default): the preset's epochs; auto: as many as a pilot teacher needs until its "
-                        "top-1 on a validation slice of the training split stops rising (never the test split)")
+    p.add_argument("--schedule", choices=("preset", "epochs", "auto"), default="preset",
+                   help="preset (default): the preset's epochs, lr and width; epochs: as many as a pilot teacher "
+                        "needs until its top-1 on a validation slice of the training split stops rising; auto: the "
+                        "lr and width too, from short probe teachers on the same slice (never the test split)")
     p.add_argument("--variant", action="append", metavar="NAME:SETTINGS",
                    help="settings for students listed as objective:NAME in --objectives, e.g. --variant "
                         "tuned:loss.alpha=4.23,loss.w=0.81,loss.tau=0.26 --objectives ce,pmsc,pmsc:tuned")

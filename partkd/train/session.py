@@ -230,8 +230,8 @@ def shuffled_batches(size: int, shuffle_rows: int, seed: int | None) -> dict:
 
 
 class RaySession(WorkerSession):
-    """A Ray Train worker: its Ray Data shard (shuffled in a buffer of ``shuffle_rows``, :meth:`JobInputs.shuffle_rows`),
-    DDP through ``prepare_model``, ``ray.train.report`` per epoch."""
+    """A Ray Train worker: its Ray Data shard (shuffled in a buffer of ``shuffle_rows``,
+    :meth:`JobInputs.shuffle_rows`), DDP through ``prepare_model``, ``ray.train.report`` per epoch."""
 
     def __init__(self, job: JobConfig, shuffle_rows: int):
         import ray.train
