@@ -19,23 +19,6 @@ def test_plateau_is_the_last_epoch_that_raised_the_smoothed_curve_by_a_point_the
     assert milestones_for(1) == (1,)
 
 
-def test_pilot_teacher_validates_on_the_slice_and_gives_a_schedule(tmp_path, train_data):
-    job = tiny_job(tmp_path, train_data, "sched", "train.num_workers=1", "train.cpus_per_worker=1")
-    schedule = choose_schedule(job, say=lambda line: None, backend="local", max_epochs=4, val_fraction=0.25)
-    assert len(schedule.curve) == 4 and schedule.epochs == plateau_epoch(schedule.curve)
-    assert schedule.milestones == milestones_for(schedule.epochs)
-    assert schedule.sets() == [f"train.epochs={schedule.epochs}",
-                               f"train.milestones={','.join(map(str, schedule.milestones))}"]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (pilot,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                  "tags.mlflow.runName = 'sched-schedule-pilot'")
-    # validated on the slice of the training split (never the test split), at one constant lr
-    assert pilot.data.params["data.val_fraction"] == "0.25"
-    assert {m.value for m in client.get_metric_history(pilot.info.run_id, "lr")} == {job.train.lr}
-    history = sorted(client.get_metric_history(pilot.info.run_id, "val/top1"), key=lambda m: m.step)
-    assert tuple(m.value for m in history) == schedule.curve
-
-
 def test_a_probe_replaces_the_jobs_value_only_when_a_point_better():
     job = Probe(0.05, 16, (0.5, 0.6, 0.70, 0.70))  # score: mean of the last 3 epochs, 0.6667
     assert job.score == (0.6 + 0.7 + 0.7) / 3
@@ -72,7 +55,13 @@ def test_probes_choose_lr_then_width_on_the_slice_and_the_pilot_trains_with_them
     assert schedule.sets() == [f"train.lr={settings.lr:.6g}", f"model.base_channels={settings.base_channels}",
                                f"train.epochs={schedule.epochs}",
                                f"train.milestones={','.join(map(str, schedule.milestones))}"]
+    assert len(schedule.curve) == 3 and schedule.epochs == plateau_epoch(schedule.curve)
+    assert schedule.milestones == milestones_for(schedule.epochs)
     (pilot,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                   "tags.mlflow.runName LIKE 'probe-schedule-pilot-%'")
-    assert pilot.data.params["train.lr"] == str(settings.lr)
+    # the pilot: the chosen width, validated on the slice (never the test split), at the chosen lr held constant
     assert pilot.data.params["model.base_channels"] == str(settings.base_channels)
+    assert pilot.data.params["data.val_fraction"] == "0.25"
+    assert {m.value for m in client.get_metric_history(pilot.info.run_id, "lr")} == {settings.lr}
+    history = sorted(client.get_metric_history(pilot.info.run_id, "val/top1"), key=lambda m: m.step)
+    assert tuple(m.value for m in history) == schedule.curve
