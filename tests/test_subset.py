@@ -37,7 +37,7 @@ def test_subset_keeps_n_training_rows_per_class_and_every_other_row(tmp_path, ca
         np.testing.assert_array_equal(sample.lq_score, source[sid].lq_score)
     text = report.text()
     assert "8 of its 12 rows kept (3 per class, seed 4)" in text
-    assert "fewer than 3 training rows, all kept: c (2)" in text
+    assert "fewer than 3 training rows (how many), all kept: c (2)" in text
     info = load_info(tmp_path / "out")["info"]
     assert (info["protocol"], info["train_per_class"], info["seed"]) == ("official", 3, 4)
     assert info["source_fingerprint"] == load_info(tmp_path / "src")["fingerprint"]
@@ -51,13 +51,17 @@ def test_subset_keeps_n_training_rows_per_class_and_every_other_row(tmp_path, ca
     assert main(["data", "subset", str(tmp_path / "src"), "--out", str(tmp_path / "cli"), "--protocol", "official",
                  "--train-per-class", "3", "--seed", "4", "--quiet"]) == 0
     assert {s.sample_id for s in iter_samples(tmp_path / "cli")} == set(rows)
+    write(tmp_path / "subject3", [replace(s, subject=3) for s in samples], classes)
     capsys.readouterr()
-    for args, message in ((["--train-per-class", "0"], "train_per_class must be at least 1"),
-                          (["--protocol", "nope"], "nope")):
-        base = ["data", "subset", str(tmp_path / "src"), "--out", str(tmp_path / "bad"), "--protocol", "official",
-                "--train-per-class", "3"]
+    for args, message in ((["--train-per-class", "0"], "(--train-per-class) must be at least 1"),
+                          (["--protocol", "nope"], "nope"),
+                          (["--protocol", "xsub", "dir", str(tmp_path / "subject3")],  # a test subject only
+                           "protocol xsub (NTU cross-subject: 20 training subjects) selects no training rows")):
+        base = ["data", "subset", "dir", str(tmp_path / "src"), "--out", str(tmp_path / "bad"), "--protocol",
+                "official", "--train-per-class", "3"]
         for i in range(0, len(args), 2):
             base[base.index(args[i]) + 1] = args[i + 1]
+        base.remove("dir")
         assert main(base) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1

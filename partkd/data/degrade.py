@@ -36,7 +36,7 @@ from partkd.data.convert.common import ConvertReport, Progress, Skipped, WriteOp
 from partkd.data.noise import NoiseProfile, apply_noise, get_noise_profile
 from partkd.data.schema import Sample
 from partkd.data.shards import iter_samples, shard_dataset, verify_dataset
-from partkd.data.splits import allocate
+from partkd.data.splits import allocate, draw
 from partkd.data.synth import FOCAL_PX, IMAGE_SIZE, project_pinhole, rest_bone
 from partkd.data.transforms import sample_rng
 from partkd.layouts import Layout, get_layout
@@ -198,8 +198,7 @@ def hq_keep_set(path: str | os.PathLike, paired_fraction: float, seed: int) -> s
     classes, sizes = np.unique(labels, return_counts=True)
     keep: set[str] = set()
     for label, count in zip(classes, allocate(sizes, paired_fraction, rng)):
-        members = np.sort(ids[labels == label])  # sorted first: the choice does not depend on storage order
-        keep.update(rng.permutation(members)[:count].tolist())
+        keep.update(draw(ids[labels == label], count, rng))  # which ones does not depend on storage order
     return keep
 
 

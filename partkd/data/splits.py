@@ -37,7 +37,8 @@ from partkd.data.shards import shard_dataset
 __all__ = [
     "MSR_XSUB_TRAIN_SUBJECTS", "NTU120_XSUB_TRAIN_SUBJECTS", "NTU_XSUB_TRAIN_SUBJECTS", "PROTOCOLS",
     "SOURCE_PROTOCOLS", "SPLITS", "VALIDATION", "Clause", "IdSplit", "Protocol", "WithValidation", "allocate",
-    "applicable_protocols", "get_protocol", "half_per_class", "half_subjects", "random_splits", "read_split_columns",
+    "applicable_protocols", "draw", "get_protocol", "half_per_class", "half_subjects", "random_splits",
+    "read_split_columns",
     "split_filter", "split_ray_filter", "validation_split",
 ]
 
@@ -111,7 +112,7 @@ def allocate(sizes: np.ndarray, fraction: float, rng: np.random.Generator) -> np
     return counts
 
 
-def _draw(ids: np.ndarray, count: int, rng: np.random.Generator) -> list:
+def draw(ids: np.ndarray, count: int, rng: np.random.Generator) -> list:
     """``count`` of ``ids`` at random, independent of the order they came in."""
     return rng.permutation(np.sort(ids))[:count].tolist()
 
@@ -124,7 +125,7 @@ def half_per_class(rows_or_path, seed: int = 0, name: str | None = None) -> IdSp
     train: set[str] = set()
     for label in np.unique(labels):
         members = ids[labels == label]
-        train.update(_draw(members, (len(members) + 1) // 2, rng))
+        train.update(draw(members, (len(members) + 1) // 2, rng))
     return IdSplit(name or f"half-per-class-{seed}", frozenset(train), frozenset(ids.tolist()) - frozenset(train),
                    description=f"half of each class trains (seed {seed}); SYSU setting 1")
 
@@ -136,7 +137,7 @@ def half_subjects(rows_or_path, seed: int = 0, name: str | None = None) -> IdSpl
     if any(s is None for s in subjects):
         raise ValueError("half_subjects needs the subject of every sample; some rows have none")
     subjects = np.asarray(subjects, dtype=np.int64)
-    chosen = _draw(np.unique(subjects), (len(np.unique(subjects)) + 1) // 2, np.random.default_rng([seed, 2]))
+    chosen = draw(np.unique(subjects), (len(np.unique(subjects)) + 1) // 2, np.random.default_rng([seed, 2]))
     in_train = np.isin(subjects, chosen)
     return IdSplit(name or f"half-subjects-{seed}", frozenset(ids[in_train].tolist()),
                    frozenset(ids[~in_train].tolist()),
@@ -176,14 +177,14 @@ def validation_split(base: str | Protocol | IdSplit, rows_or_path, fraction: flo
         classes, sizes = np.unique(labels, return_counts=True)
         val: list[str] = []
         for label, count in zip(classes, allocate(sizes, fraction, rng)):
-            val += _draw(ids[labels == label], int(count), rng)
+            val += draw(ids[labels == label], int(count), rng)
     elif by == "subject":
         subjects = rows["subject"][in_train]
         if any(s is None for s in subjects):
             raise ValueError("a validation slice by subject needs the subject of every training sample")
         subjects = np.asarray(subjects, dtype=np.int64)
         pool = np.unique(subjects)
-        chosen = _draw(pool, max(1, int(round(fraction * len(pool)))), rng)
+        chosen = draw(pool, max(1, int(round(fraction * len(pool)))), rng)
         val = ids[np.isin(subjects, chosen)].tolist()
     else:
         raise ValueError(f"by must be 'sample' or 'subject', got {by!r}")

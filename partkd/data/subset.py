@@ -16,7 +16,7 @@ import numpy as np
 
 from partkd.data.convert.common import ConvertReport, Progress, WriteOptions, write_dataset
 from partkd.data.shards import iter_samples, shard_dataset, verify_dataset
-from partkd.data.splits import get_protocol
+from partkd.data.splits import draw, get_protocol
 
 
 def training_subset(path: str | os.PathLike, protocol: str, per_class: int, seed: int
@@ -30,14 +30,17 @@ def training_subset(path: str | os.PathLike, protocol: str, per_class: int, seed
     table = shard_dataset(path).to_table(columns=["sample_id", "label"], filter=selection.filter("train"))
     ids = np.array(table.column("sample_id").to_pylist(), dtype=object)
     labels = table.column("label").to_numpy()
+    if not len(ids):
+        raise ValueError(f"{path}: protocol {protocol} ({selection.description}) selects no training rows; "
+                         f"check the dataset's protocols with partkd data info")
     rng = np.random.default_rng([seed, 0x50B5E7])
     keep: set[str] = set()
     short = []
-    for label in range(len(info["class_names"])):
-        members = np.sort(ids[labels == label])  # sorted first: the choice does not depend on storage order
+    for label, name in enumerate(info["class_names"]):
+        members = ids[labels == label]
         if len(members) < per_class:
-            short.append(f"{info['class_names'][label]} ({len(members)})")
-        keep.update(rng.permutation(members)[:per_class].tolist())
+            short.append(f"{name} ({len(members)})")
+        keep.update(draw(members, per_class, rng))  # which ones does not depend on storage order
     return keep, set(ids), short
 
 
@@ -47,7 +50,7 @@ def subset_dataset(src: str | os.PathLike, out: str | os.PathLike, *, protocol: 
     """``src`` -> new dataset ``out``: ``train_per_class`` training rows per class under ``protocol``, every other
     row as it is."""
     if train_per_class < 1:
-        raise ValueError(f"train_per_class must be at least 1, got {train_per_class}")
+        raise ValueError(f"training rows per class (--train-per-class) must be at least 1, got {train_per_class}")
     if Path(out).resolve() == Path(src).resolve():
         raise ValueError(f"{out}: subset writes a new dataset; the output must not be the input {src}")
     info = verify_dataset(src)
@@ -55,7 +58,8 @@ def subset_dataset(src: str | os.PathLike, out: str | os.PathLike, *, protocol: 
     notes = [f"{protocol} training split: {len(keep)} of its {len(training)} rows kept ({train_per_class} per class, "
              f"seed {seed}); the {len(training) - len(keep)} others left out, every other row kept"]
     if short:
-        notes.append(f"classes with fewer than {train_per_class} training rows, all kept: {', '.join(short)}")
+        notes.append(f"classes with fewer than {train_per_class} training rows (how many), all kept: "
+                     f"{', '.join(short)}")
 
     def items():
         for sample in iter_samples(src):
