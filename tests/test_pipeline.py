@@ -181,6 +181,7 @@ def test_bench_kd_variants_are_parsed_and_checked_before_any_work(tmp_path, caps
                              ("t:data.occlusion_prob=0.3", "a variant may not change data.occlusion_prob"),
                              ("t:train.seed=4", "a variant may not change train.seed"),
                              ("t:model.base_channels=32", "a variant may not change model.base_channels"),
+                             ("t:model.stage_blocks=1,1", "a variant may not change model.stage_blocks"),
                              ("t", "expected NAME:section.key=value")):
         assert main(["bench", "kd", "--preset", "smoke", "--out", str(tmp_path / "x"), "--objectives", "ce,pmsc:t",
                      "--variant", variant, "--backend", "local"]) == 2

@@ -6,7 +6,16 @@ from __future__ import annotations
 from conftest import tiny_job
 from mlflow.tracking import MlflowClient
 
-from partkd.train.schedule import Probe, choose_schedule, choose_settings, milestones_for, pick, plateau_epoch
+from partkd.train.schedule import (
+    Probe,
+    Schedule,
+    Settings,
+    choose_schedule,
+    choose_settings,
+    milestones_for,
+    pick,
+    plateau_epoch,
+)
 
 
 def test_plateau_is_the_last_epoch_that_raised_the_smoothed_curve_by_a_point_then_five_flat():
@@ -26,6 +35,11 @@ def test_a_probe_replaces_the_jobs_value_only_when_a_point_better():
     better = Probe(0.0167, 16, (0.1, 0.7, 0.7, 0.7))  # 0.7: 3.3 points better, though its first epoch was poor
     assert pick(job, [close]) is job and pick(job, [close, better]) is better and pick(job, []) is job
     assert pick(job, [Probe(0.15, 16, (0.5, 0.6, 0.72, 0.72))]).lr == 0.15  # 0.68: > 1 point
+    # what a benchmark's jobs take from a schedule: epochs only (--schedule epochs), or lr and width too (auto)
+    assert Schedule(12, (8, 11), (0.5,) * 12, "r").sets() == ["train.epochs=12", "train.milestones=8,11"]
+    settings = Settings(0.0167, 32, (job,), "r")
+    assert Schedule(12, (8, 11), (0.5,) * 12, "r", settings).sets() == [
+        "train.lr=0.0167", "model.base_channels=32", "train.epochs=12", "train.milestones=8,11"]
 
 
 def test_probes_choose_lr_then_width_on_the_slice_and_the_pilot_trains_with_them(tmp_path, train_data):
@@ -52,7 +66,7 @@ def test_probes_choose_lr_then_width_on_the_slice_and_the_pilot_trains_with_them
 
     schedule = choose_schedule(job, say=lambda line: None, backend="local", max_epochs=3, val_fraction=0.25,
                                settings=settings)
-    assert schedule.sets() == [f"train.lr={settings.lr:.6g}", f"model.base_channels={settings.base_channels}",
+    assert schedule.sets() == [f"train.lr={settings.lr!r}", f"model.base_channels={settings.base_channels}",
                                f"train.epochs={schedule.epochs}",
                                f"train.milestones={','.join(map(str, schedule.milestones))}"]
     assert len(schedule.curve) == 3 and schedule.epochs == plateau_epoch(schedule.curve)

@@ -51,7 +51,10 @@ def synthetic_dataset(out: Path, preset: str, seed: int, paired_fraction: float,
     return path
 
 
-PAIRED = ("data.", "model.", "train.seed", "train.epochs", "train.milestones")  # what a paired student must share
+# what a paired student must share: the data and masks, the backbone's shape and seed (the same initial weights), the
+# schedule
+PAIRED = ("data.", "model.name", "model.base_channels", "model.stage_blocks", "train.seed", "train.epochs",
+          "train.milestones")
 SCHEDULES = {
     "preset": "the preset's epochs, lr and model",
     "epochs": "the preset's lr and model, epochs from a pilot teacher's validation curve",

@@ -7,7 +7,8 @@ slice, never at the test split:
 
 - :func:`choose_settings` (``auto``) picks the lr, then the model's width, by short probes: teachers at constant lr for
   ``probe_epochs``, scored by their last 3 epochs' mean validation top-1. A candidate replaces the job's value only
-  if it beats it by at least a point, so noise keeps the preset.
+  if it beats it by at least a point, so near-ties keep the preset (a point is a few clips of a small slice, so the
+  choice can still follow noise: the probes are in the benchmark's ``schedule_probes.csv`` to judge it by).
 - :func:`choose_schedule` (``auto`` and ``epochs``) runs a pilot with those settings at constant lr for up to
   ``max_epochs``; the schedule's length is where the slice's top-1 stops improving (:func:`plateau_epoch`), with the
   lr divided by 10 at 70 % and 90 % of it, as the presets do.
@@ -49,7 +50,7 @@ class Settings:
     rule: str
 
     def sets(self) -> list[str]:
-        return [f"train.lr={self.lr:.6g}", f"model.base_channels={self.base_channels}"]
+        return [f"train.lr={self.lr!r}", f"model.base_channels={self.base_channels}"]
 
     def table(self) -> str:
         """The probes as CSV: lr, width, score and each epoch's validation top-1."""
