@@ -160,7 +160,8 @@ def _check_resumable(job: JobConfig) -> None:
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
         raise ValueError(f"{folder} holds checkpoints of run {job.train.name!r} made with other settings ({details}); "
-                         "give this job another train.name (or delete that folder to start over)")
+                         "give this job another train.name (a benchmark: another --out), or delete that folder to "
+                         "start over")
 
 
 def absolute_paths(job: JobConfig) -> JobConfig:

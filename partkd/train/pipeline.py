@@ -182,7 +182,11 @@ def _stages(job: JobConfig, info: dict, name: str, say, kinds: list[StudentKind]
                               data=replace(job.data, occlusion_prob=train_op),
                               loss=replace(job.loss, objective=kind.objective),
                               train=replace(job.train, name=f"{name}-{kind.key.replace('_', '-')}{at}"))
-        student = train_student(load_config(student_job, sets=list(kind.sets)), say, backend=backend)
+        student_job = load_config(student_job, sets=list(kind.sets))
+        if student_job.loss.grouping != job.loss.grouping:  # a variant's own grouping: E for it (cached per grouping)
+            student_job = replace(student_job, part_matrix=part_matrix_for_teacher(
+                teacher.checkpoint, job.data, student_job.loss.grouping, device=job_device(job.train)))
+        student = train_student(student_job, say, backend=backend)
         say(f"      val top-1 {100 * student.metrics['val/top1']:.1f}%")
         models.append((kind.key, kind.label, student, f"LQ {info['lq_layout']}", train_op, test_ops))
 
