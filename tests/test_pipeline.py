@@ -162,7 +162,8 @@ def test_bench_kd_command_pairs_seeds_and_writes_its_table_curves_and_e_spread(t
     final = out / "ray" / "b-seed1-student-pmsc-op0.5" / "final" / "model.pt"
     before = torch.load(final, weights_only=True)
     assert main(["bench", "kd", "--preset", "smoke", "--out", "b", "--seeds", "1,2", "--objectives",
-                 "ce,pmsc,pmsc:sharp", "--variant", "sharp:loss.tau=0.25,loss.alpha=2,loss.grouping=halves2", "--backend", "local",
+                 "ce,pmsc,pmsc:sharp", "--variant", "sharp:loss.tau=0.25,loss.alpha=2,loss.grouping=halves2",
+                 "--backend", "local",
                  "--set", "train.epochs=1", "--set", "data.eval_occlusion_probs=0.5"]) == 0
     after = torch.load(final, weights_only=True)
     # the variant's own grouping got its own E, which its students read

@@ -155,10 +155,10 @@ def test_a_job_shuffles_a_class_ordered_training_split_whole(ray_session, tmp_pa
                        lq_layout="coco17", rows_per_shard=48) as writer:
         writer.write_all([replace(make_sample(f"c{c}-{i}", label=c, frames=6, seed=i), split="train")
                           for c in range(classes) for i in range(per_class)])
-    job = JobConfig(data=DataConfig(path=str(path), protocol="official", frames=6, persons=1, batch_size=size))
-    inputs = job_inputs(job, load_info(path), ("hq",), "hq")
+    data = DataConfig(path=str(path), protocol="official", frames=6, persons=1, batch_size=size, cache="stream")
+    inputs = job_inputs(JobConfig(data=data), load_info(path), ("hq",), "hq")
     assert inputs.shuffle_rows() >= classes * per_class  # the whole split fits the buffer
-    train = inputs.ray_datasets()["train"]
+    train = inputs.ray_datasets()["train"]  # streamed: in storage order, as a worker's share arrives
 
     def epoch(seed: int) -> list[list[int]]:
         batching = shuffled_batches(size, inputs.shuffle_rows(), seed)
@@ -171,3 +171,14 @@ def test_a_job_shuffles_a_class_ordered_training_split_whole(ray_session, tmp_pa
     assert len(set(sum(first[:4], []))) >= 7
     assert epoch(7) == first and epoch(8) != first  # seeded per epoch: reproducible, and another order next epoch
     assert shuffled_batches(size, 10**6, None) == {"batch_size": size}  # evaluation: in order
+
+    # cached, the split is cut into one consecutive part per worker: each part must hold (nearly) every class too
+    from partkd.train.ingest import JobDataConfig
+
+    cached = job_inputs(JobConfig(data=replace(data, cache="memory")), load_info(path), ("hq",), "hq")
+    datasets = cached.ray_datasets()
+    ranks = JobDataConfig.split(datasets, 2).configure(datasets, 2, None, None)
+    parts = [[label for batch in ranks[rank]["train"].iter_batches(batch_size=size) for label in batch["label"]]
+             for rank in range(2)]
+    assert sorted(parts[0] + parts[1]) == [c for c in range(classes) for _ in range(per_class)]
+    assert all(len(set(part)) >= 7 for part in parts)  # unshuffled: classes 0-3 to one rank, 4-7 to the other

@@ -33,9 +33,10 @@ def side_batches(data: DataConfig, side: str, layout: str, splits: Protocol | Wi
                  occlusion_prob: float = 0.0, batch_size: int = 64) -> Iterator[tuple[np.ndarray, ...]]:
     """``(x, score, labels)`` numpy batches of the rows of ``split`` that have ``side``, transformed as ``data``
     says (``data.seed`` seeds the per-sample occlusion masks)."""
+    info = verify_dataset(data.path)
     transform = SideTransform({side: layout}, data.transform(occlusion_prob), seed=data.seed,
-                              num_classes=verify_dataset(data.path)["num_classes"])
-    inputs = JobInputs(data.path, splits, "test", side, transform, batch_size)
+                              num_classes=info["num_classes"])
+    inputs = JobInputs(data.path, splits, "test", side, transform, batch_size, "stream", info["counts"]["samples"])
     for arrays in inputs.local_batches(split):
         yield arrays[f"{side}_x"], arrays[f"{side}_score"], arrays["label"]
 

@@ -44,8 +44,11 @@ CACHE_SHARE = 0.1
 # Ray Data shuffles a worker's rows in a local buffer, so a buffer of a few batches mixes only neighbouring rows, and
 # datasets are often stored in class order (Penn Action's files are numbered by action): with a 4-batch buffer a Penn
 # teacher had 33.9 % validation top-1 after 10 epochs and 9.7 % on its own training batches, where the local backend's
-# whole-split permutation gives 79 % after 4. The buffer holds the whole split when it takes at most this many bytes
-# per worker (Penn Action: 14 MB), else as many rows as fit.
+# whole-split permutation gives 79 % after 4. The buffer holds a worker's whole share when its transformed rows take at
+# most this many bytes (Penn Action: 14 MB; Ray's batcher holds some copies on top), else as many rows as fit. A
+# whole-share buffer yields its first batch once the share is read: a streamed split no longer overlaps reading with
+# training within an epoch (a cached one is read from memory). A cached training split is also shuffled once before
+# it is cut among the workers, or each would get a run of classes.
 SHUFFLE_BUFFER_BYTES = 512 * 2**20
 
 
@@ -113,8 +116,8 @@ class JobInputs:
     require: str  # "hq" (teacher) or "lq" (student)
     transform: SideTransform
     batch_size: int
-    cache: str = "stream"  # data.cache: auto | memory | stream (Ray only; the local session reads each split once)
-    rows: int = 0  # the dataset's rows, an upper bound of any split's
+    cache: str  # data.cache: auto | memory | stream (Ray only; the local session reads each split once)
+    rows: int  # the dataset's rows, an upper bound of any split's (sizes the shuffle buffer)
 
     def split_name(self, name: str) -> str:
         return {"train": "train", "val": self.val_split}[name]
@@ -130,6 +133,8 @@ class JobInputs:
             datasets[name] = read_shards(self.path, filter=predicate).map_batches(
                 self.transform, batch_format="pyarrow", batch_size=self.batch_size)
             if self.cached():
+                if name == "train":  # cut into consecutive parts for the workers: mix the classes first (seeded)
+                    datasets[name] = datasets[name].random_shuffle(seed=0)
                 datasets[name] = datasets[name].materialize()  # read and transformed once, not every epoch
         return datasets
 
