@@ -114,15 +114,16 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
             schedule_tags = {"schedule.epochs": chosen.epochs, "schedule.rule": chosen.rule}
             if settings:
                 schedule_tags.update({"schedule.lr": settings.lr, "schedule.base_channels": settings.base_channels})
-                (out / "schedule_probes.csv").write_text(settings.table())
-                tracking.log_texts(uri, bench, {"results/schedule_probes.csv": settings.table()})
+                probes = settings.table()
+                (out / "schedule_probes.csv").write_text(probes)
+                tracking.log_texts(uri, bench, {"results/schedule_probes.csv": probes})
             tracking.set_tags(uri, bench, schedule_tags)
             for epoch, value in enumerate(chosen.curve):
                 tracking.log_epoch_metrics(uri, bench, {"schedule/val_top1": value}, epoch)
-            lr, width = (settings.lr, settings.base_channels) if settings else (first.train.lr,
-                                                                                 first.model.base_channels)
-            note = (f"schedule: {chosen.epochs} epochs, lr {lr:g} x 0.1 at epochs "
-                    f"{','.join(map(str, chosen.milestones))}, width {width}, chosen by {chosen.rule}")
+            scheduled = load_config(first, sets=chosen.sets())
+            note = (f"schedule: {chosen.epochs} epochs, lr {scheduled.train.lr:g} x 0.1 at epochs "
+                    f"{','.join(map(str, chosen.milestones))}, width {scheduled.model.base_channels}, chosen by "
+                    f"{chosen.rule}")
         for seed, data in datasets.items():
             began = time.perf_counter()
             say(f"=== seed {seed}: {data}")

@@ -19,10 +19,10 @@ from partkd.data.shards import iter_samples, shard_dataset, verify_dataset
 from partkd.data.splits import draw, get_protocol
 
 
-def training_subset(path: str | os.PathLike, protocol: str, per_class: int, seed: int
+def training_subset(path: str | os.PathLike, info: dict, protocol: str, per_class: int, seed: int
                     ) -> tuple[set[str], set[str], list[str]]:
-    """The training ids kept, every training id, and the classes (with their counts) short of ``per_class``."""
-    info = verify_dataset(path)
+    """The training ids kept, every training id, and the classes (with their counts) short of ``per_class``, of the
+    dataset at ``path`` whose ``dataset.json`` is ``info``."""
     try:
         selection = get_protocol(protocol)
     except KeyError as err:
@@ -54,7 +54,7 @@ def subset_dataset(src: str | os.PathLike, out: str | os.PathLike, *, protocol: 
     if Path(out).resolve() == Path(src).resolve():
         raise ValueError(f"{out}: subset writes a new dataset; the output must not be the input {src}")
     info = verify_dataset(src)
-    keep, training, short = training_subset(src, protocol, train_per_class, seed)
+    keep, training, short = training_subset(src, info, protocol, train_per_class, seed)
     notes = [f"{protocol} training split: {len(keep)} of its {len(training)} rows kept ({train_per_class} per class, "
              f"seed {seed}); the {len(training) - len(keep)} others left out, every other row kept"]
     if short:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from partkd import tracking
-from partkd.train.config import JobConfig
+from partkd.train.config import JobConfig, load_config
 from partkd.train.jobs import train_teacher
 
 LR_FACTORS = (1 / 3, 1.0, 3.0)  # the lr probes: half a decade either side of the job's
@@ -153,8 +153,7 @@ def choose_schedule(job: JobConfig, say: Callable[[str], None] = print, backend:
     """The pilot teacher of ``job`` (with ``settings``' lr and width if given; constant lr, ``max_epochs``, validated
     on a ``val_fraction`` slice of the training split) and the schedule its validation curve gives."""
     if settings:
-        job = replace(job, train=replace(job.train, lr=settings.lr),
-                      model=replace(job.model, base_channels=settings.base_channels))
+        job = load_config(job, sets=settings.sets())
     say(f"[schedule] pilot teacher: up to {max_epochs} epochs at lr {job.train.lr:g}, width "
         f"{job.model.base_channels}, validated on a {val_fraction:.0%} slice of the training split")
     name = f"{job.train.name}-schedule-pilot"
