@@ -370,6 +370,21 @@ def test_a_run_name_is_not_resumed_with_other_settings(root, train_data, teacher
         train_teacher(local_job(root, train_data, "teacher", SLICE, "train.lr=0.1"), quiet, backend="local")
 
 
+def test_a_setting_added_since_a_checkpoint_was_made_resumes_at_its_default(root, train_data):
+    from partkd.train.jobs import _check_resumable
+
+    job = local_job(root, train_data, "made-before-part-temperature", SLICE)
+    saved = {k: v for k, v in json.loads(json.dumps(job.flat())).items() if k != "loss.part_temperature"}
+    folder = Path(job.train.storage_path) / job.train.name / "checkpoint_000000"
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps({"job": saved}))
+    _check_resumable(job)  # absent then, at its default now: what the checkpoint was made with
+    with pytest.raises(ValueError, match=r"other settings \(loss.part_temperature: 1.0 -> 0.5\)"):
+        _check_resumable(load_config(job, sets=["loss.part_temperature=0.5"]))
+    with pytest.raises(ValueError, match=r"other settings \(loss.tau: 1.0 -> 0.5\)"):
+        _check_resumable(load_config(job, sets=["loss.tau=0.5"]))
+
+
 def test_evaluation_reads_the_checkpoints_data_with_the_same_masks_every_pass(root, teacher, part_matrix, train_data):
     job = local_job(root, train_data, "student-eval", SLICE, f"teacher_checkpoint={teacher.checkpoint}",
                     f"part_matrix={part_matrix}", "data.seed=5")

@@ -162,8 +162,9 @@ def test_bench_kd_command_pairs_seeds_and_writes_its_table_curves_and_e_spread(t
     final = out / "ray" / "b-seed1-student-pmsc-op0.5" / "final" / "model.pt"
     before = torch.load(final, weights_only=True)
     assert main(["bench", "kd", "--preset", "smoke", "--out", "b", "--seeds", "1,2", "--objectives",
-                 "ce,pmsc,pmsc:sharp", "--variant", "sharp:loss.tau=0.25,loss.alpha=2,loss.grouping=halves2",
-                 "--backend", "local",
+                 "ce,pmsc,pmsc:sharp,pmsc:peaked",
+                 "--variant", "sharp:loss.tau=0.25,loss.alpha=2,loss.grouping=halves2", "--variant",
+                 "peaked:loss.part_temperature=0.5", "--backend", "local",
                  "--set", "train.epochs=1", "--set", "data.eval_occlusion_probs=0.5"]) == 0
     after = torch.load(final, weights_only=True)
     # the variant's own grouping got its own E, which its students read
@@ -171,9 +172,18 @@ def test_bench_kd_command_pairs_seeds_and_writes_its_table_curves_and_e_spread(t
     sharp = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                "tags.mlflow.runName = 'b-seed1-student-pmsc-sharp-op0.5'")
     assert {run.data.params["part_matrix"] for run in sharp} == {str(halves)}
+    # and a variant with its own E temperature an E from the same miss rates, softmaxed at that temperature (Eq. 13)
+    teacher_final = out / "ray" / "b-seed1-teacher" / "final"
+    (paper,), (peaked,) = (list(teacher_final.glob(f"part_matrix_paper5_t{t}_*.npy")) for t in ("1", "0.5"))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.mlflow.runName = 'b-seed1-student-pmsc-peaked-op0.5'")
+    assert {run.data.params["part_matrix"] for run in runs} == {str(peaked)}
+    assert np.allclose(np.load(peaked), torch.softmax(2 * torch.from_numpy(np.load(paper)).log(), dim=1).numpy(),
+                       atol=1e-6)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     rerun = [line.split(",")[:3] for line in (out / "curves.csv").read_text().splitlines()[1:]]
-    assert rerun == [["student_pmsc@0.5", "1"] + [rerun[0][2]], ["student_pmsc_sharp@0.5", "1"] + [rerun[1][2]]]
+    assert [row[:2] for row in rerun] == [["student_pmsc@0.5", "1"], ["student_pmsc_sharp@0.5", "1"],
+                                          ["student_pmsc_peaked@0.5", "1"]]
     assert rerun[0][2] == curves[1].split(",")[2]  # the first run's CE of epoch 1, found again
 
 

@@ -44,7 +44,7 @@ from tuning.study import StudyExistsError, run_study
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 TRIALS = 2  # with this seed the second is worse than the first at the grace epoch: ASHA stops it
-SPACE = ("loss.alpha", "loss.w", "loss.tau", "loss.grouping", "train.lr")
+SPACE = ("loss.alpha", "loss.w", "loss.tau", "loss.grouping", "loss.part_temperature", "train.lr")
 BUCKET = "partkd-study"
 
 # one trial at a time, its worker on half of the second node's 2 CPUs: Ray Data has a whole CPU beside it (a 2-worker
@@ -68,6 +68,7 @@ teacher_checkpoint = "{teacher}"
 "loss.w" = {{ uniform = [0.0, 1.0] }}
 "loss.tau" = {{ log_uniform = [0.1, 2.0] }}
 "loss.grouping" = {{ choice = ["paper5", "halves2"] }}
+"loss.part_temperature" = {{ choice = [1.0, 0.5] }}
 "train.lr" = {{ log_uniform = [0.01, 5.0] }}  # the upper end diverges: a trial to stop
 
 [job]
@@ -219,6 +220,10 @@ def test_space_reads_ranges_and_rejects_what_the_job_lacks():
         parse_space({"loss.tau": {"log_uniform": [0, 1]}})
     with pytest.raises(KeyError, match="unknown grouping 'elbows3'"):
         parse_space({"loss.grouping": {"choice": ["paper5", "elbows3"]}})
+    assert parse_space({"loss.part_temperature": {"choice": [1.0, 0.25]}})["loss.part_temperature"].choices == (
+        1.0, 0.25)
+    with pytest.raises(ValueError, match="space.loss.part_temperature: give it as a choice"):  # E is made before
+        parse_space({"loss.part_temperature": {"log_uniform": [0.1, 1.0]}})
 
 
 def test_set_overrides_the_study_or_the_job(tmp_path):
@@ -337,8 +342,8 @@ def test_finish_compares_best_and_paper_on_the_test_split(topology, study):
 
 def test_study_part_matrices_leave_the_validation_slice_out(topology, study):
     logged = {a.path for a in client(topology).list_artifacts(study.run_id, "part_matrix")}
-    assert logged == {"part_matrix/part_matrix_paper5_t1_xsub+val0.25-0_T16_M1.npy",
-                      "part_matrix/part_matrix_halves2_t1_xsub+val0.25-0_T16_M1.npy"}
+    assert logged == {f"part_matrix/part_matrix_{grouping}_t{t}_xsub+val0.25-0_T16_M1.npy"
+                      for grouping in ("paper5", "halves2") for t in ("1", "0.5")}  # one per value a trial can pick
 
 
 def test_a_study_is_not_started_over_by_accident(root, topology, study):

@@ -67,6 +67,10 @@ class Study:
     job: JobConfig = field(default_factory=JobConfig)  # the students' job; val_fraction > 0 during the search
 
 
+# settings that pick the part matrix E a trial reads: the study computes one E per value before the search
+PRECOMPUTED = ("loss.grouping", "loss.part_temperature")
+
+
 def _distribution(key: str, spec: dict) -> optuna.distributions.BaseDistribution:
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ValueError(f"space.{key}: expected one of {{log_uniform = [lo, hi]}}, {{uniform = [lo, hi]}}, "
@@ -102,6 +106,9 @@ def parse_space(table: dict) -> dict[str, optuna.distributions.BaseDistribution]
             raise ValueError(f"space.{key}: data settings cannot be searched (a trial could move its validation "
                              "slice or read the test split); set them in [job]")
         space[key] = _distribution(key, spec)
+        if key in PRECOMPUTED and not hasattr(space[key], "choices"):
+            raise ValueError(f"space.{key}: give it as a choice (E is computed before the search for each value a "
+                             "trial can pick)")
     return space
 
 

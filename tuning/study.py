@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import sys
@@ -41,17 +42,26 @@ from partkd.data.shards import load_info
 from partkd.data.synth import SynthConfig, write_synthetic
 from partkd.train.checkpoint import load_meta
 from partkd.train.config import JobConfig, LossConfig, load_config
-from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher
+from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_job
 from partkd.train.jobs import absolute_paths, ensure_ray, train_student, train_teacher
 from partkd.train.pipeline import VIEWS, occlusion_plan
 from partkd.train.results import summarise
 from partkd.train.session import job_device
 from tuning.plots import log_search_plots
-from tuning.space import METRIC, TRIAL_DRIVER_CPUS, Study, StudyConfig, load_study, max_concurrent_trials, to_settings
+from tuning.space import (
+    METRIC,
+    PRECOMPUTED,
+    TRIAL_DRIVER_CPUS,
+    Study,
+    StudyConfig,
+    load_study,
+    max_concurrent_trials,
+    to_settings,
+)
 
 # The paper's distillation settings (Sec. 4.1): the baseline the best config is compared with. alpha and the rest of
 # the job stay as the study's [job] sets them.
-PAPER_SETTINGS = {f"loss.{key}": getattr(LossConfig(), key) for key in ("w", "tau", "grouping")}
+PAPER_SETTINGS = {f"loss.{key}": getattr(LossConfig(), key) for key in ("w", "tau", "grouping", "part_temperature")}
 
 # --smoke-test: the same stages on a tiny synthetic dataset in about as long as the pipeline's smoke preset.
 SMOKE_STUDY = dict(trials=4, grace_epochs=1, synth_samples=192, synth_classes=6, teacher_checkpoint="")
@@ -70,6 +80,11 @@ def train_run_name(base: dict, config: dict, trial_id: str) -> str:
     return f"{base['train']['name']}-{run}"
 
 
+def matrix_key(loss: LossConfig) -> str:
+    """The E a trial reads: one per (grouping, E temperature) the search can pick, computed before it starts."""
+    return f"{loss.grouping} t{loss.part_temperature:g}"
+
+
 def run_trial(config: dict, base: dict, part_matrices: dict[str, str]) -> None:
     """A trial's driver function: one student job with the trial's settings, each epoch reported to Tune.
 
@@ -79,7 +94,7 @@ def run_trial(config: dict, base: dict, part_matrices: dict[str, str]) -> None:
     finish = config.get("finish")
     settings, stage = (finish["settings"], "finish") if finish else (config, "trial")
     job = load_config(JobConfig.from_dict(base), sets=to_settings(settings))
-    job = replace(job, part_matrix=part_matrices[job.loss.grouping],
+    job = replace(job, part_matrix=part_matrices[matrix_key(job.loss)],
                   train=replace(job.train, name=train_run_name(base, config, trial_id)))
     train_student(job, say=lambda line: None, tags={"study.stage": stage, "trial_id": trial_id},
                   callbacks=[TuneReportCallback()])
@@ -169,10 +184,12 @@ def _study_job(study: Study, folder: str) -> JobConfig:
 def _stages(study: Study, job: JobConfig, info: dict, folder: str, say) -> StudyResult:
     cfg = study.config
     teacher = _teacher(cfg, job, say)
-    groupings = sorted({job.loss.grouping, PAPER_SETTINGS["loss.grouping"],
-                        *getattr(study.space.get("loss.grouping"), "choices", ())})
-    say(f"part matrices E ({', '.join(groupings)}) from the teacher's occlusion tests")
-    matrices = {g: str(part_matrix_for_teacher(teacher, job.data, g, device=job_device(job.train))) for g in groupings}
+    picks = [sorted({job.flat()[key], PAPER_SETTINGS[key], *getattr(study.space.get(key), "choices", ())})
+             for key in PRECOMPUTED]
+    jobs = [load_config(job, sets=[f"{key}={value}" for key, value in zip(PRECOMPUTED, values)])
+            for values in itertools.product(*picks)]
+    say(f"part matrices E ({', '.join(matrix_key(j.loss) for j in jobs)}) from the teacher's occlusion tests")
+    matrices = {matrix_key(j.loss): str(part_matrix_for_job(teacher, j)) for j in jobs}
     for matrix in matrices.values():
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, matrix, "part_matrix")
     job = replace(job, teacher_checkpoint=str(teacher))

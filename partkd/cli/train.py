@@ -18,10 +18,9 @@ def _job_from_args(args, extra_sets: list[str] = ()):
 
 
 def cmd_train(args) -> int:
-    from partkd.train.evaluate import part_matrix_for_teacher
+    from partkd.train.evaluate import part_matrix_for_job
     from partkd.train.jobs import train_student, train_teacher
     from partkd.train.objectives import get_objective
-    from partkd.train.session import job_device
 
     extra = []
     if args.role == "student":
@@ -30,8 +29,7 @@ def cmd_train(args) -> int:
     job = _job_from_args(args, extra)
     if args.role == "student" and get_objective(job.loss.objective).needs_part_matrix and not job.part_matrix \
             and job.teacher_checkpoint:  # E of the teacher on this job's training rows (never its validation slice)
-        matrix = part_matrix_for_teacher(job.teacher_checkpoint, job.data, job.loss.grouping,
-                                         device=job_device(job.train))
+        matrix = part_matrix_for_job(job.teacher_checkpoint, job)
         say(f"part matrix: {matrix}")
         job = replace(job, part_matrix=str(matrix))
     result = (train_teacher if args.role == "teacher" else train_student)(job, say, backend=args.backend)

@@ -129,6 +129,7 @@ class LossConfig:
     tau: float = 1.0  # temperature of the similarity (1 = paper)
     kl_temperature: float = 4.0
     grouping: str = "paper5"
+    part_temperature: float = 1.0  # temperature of E's softmax over parts (Eq. 13; 1 = paper): < 1 sharpens E's rows
     hq_source: str = "bank"  # batch (paper: HQ of the mini-batch, gathered across ranks) | bank (teacher features)
     bank_negatives: int = 64  # bank mode: HQ entries sampled per step besides the batch's own pairs
     mask_missing: bool = False  # leave score-0 joints out of the part mean (paper: off)
@@ -136,6 +137,7 @@ class LossConfig:
     def __post_init__(self):
         check_ranges(self, "loss", {"objective": one_of(OBJECTIVES), "hq_source": one_of(HQ_SOURCES),
                                     "alpha": NON_NEGATIVE, "w": UNIT, "tau": POSITIVE, "kl_temperature": POSITIVE,
+                                    "part_temperature": POSITIVE,
                                     "bank_negatives": (lambda v: v >= 0, "at least 0")})
         check_name(get_grouping, self.grouping, "loss.grouping")
 

@@ -25,8 +25,8 @@ from partkd.layouts import get_grouping, get_layout
 from partkd.models import model_input
 from partkd.part_matrix import compute_part_matrix, save_part_matrix
 from partkd.train.checkpoint import load_frozen_teacher, load_meta, load_model
-from partkd.train.config import DataConfig
-from partkd.train.session import JobInputs, autocast, default_device
+from partkd.train.config import DataConfig, JobConfig
+from partkd.train.session import JobInputs, autocast, default_device, job_device
 
 
 def side_batches(data: DataConfig, side: str, layout: str, splits: Protocol | WithValidation, split: str,
@@ -129,6 +129,13 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def part_matrix_for_job(teacher_checkpoint: str | Path, job: JobConfig) -> str:
+    """E for a student ``job`` from ``teacher_checkpoint``: on the job's training rows, for its ``loss.grouping``,
+    with its ``loss.part_temperature`` on Eq. 13's softmax (cached per grouping and temperature)."""
+    return part_matrix_for_teacher(teacher_checkpoint, job.data, job.loss.grouping,
+                                   temperature=job.loss.part_temperature, device=job_device(job.train))
 
 
 def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | None = None, grouping: str = "paper5",

@@ -156,6 +156,8 @@ def _check_resumable(job: JobConfig) -> None:
         return
     before = json.loads(storage.read_text(saved[-1])).get("job", {})
     now = json.loads(json.dumps(job.flat()))  # as saved: tuples become lists
+    # a setting added since those checkpoints were made, left at its default, is what they were made with
+    before = {**{k: v for k, v in json.loads(json.dumps(JobConfig().flat())).items() if k not in before}, **before}
     changed = [k for k in sorted(set(before) | set(now)) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)]
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])

@@ -22,7 +22,7 @@ from partkd.data.shards import load_info
 from partkd.data.synth import SynthConfig
 from partkd.part_matrix import load_part_matrix, part_matrix_spread
 from partkd.train.config import DataConfig, JobConfig, load_config
-from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, plot_confusion
+from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_job, plot_confusion
 from partkd.train.jobs import absolute_paths, check_backend, train_student, train_teacher
 from partkd.train.objectives import get_objective
 from partkd.train.results import results_table
@@ -158,12 +158,12 @@ def _stages(job: JobConfig, info: dict, name: str, say, kinds: list[StudentKind]
     teacher = train_teacher(replace(job, train=replace(job.train, name=f"{name}-teacher")), say, backend=backend)
     say(f"      val top-1 {100 * teacher.metrics['val/top1']:.1f}%   checkpoint {teacher.checkpoint}")
 
-    say(f"[2/{stages}] part matrix E ({job.loss.grouping}) from teacher occlusion tests")
-    part_matrix = part_matrix_for_teacher(teacher.checkpoint, job.data, job.loss.grouping,
-                                          device=job_device(job.train))
+    say(f"[2/{stages}] part matrix E ({job.loss.grouping}, temperature {job.loss.part_temperature:g}) from teacher "
+        "occlusion tests")
+    part_matrix = part_matrix_for_job(teacher.checkpoint, job)
     for file in (part_matrix, part_matrix.removesuffix(".npy") + ".png"):
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, file, "part_matrix")
-    spread = part_matrix_spread(load_part_matrix(part_matrix).numpy())
+    spread = part_matrix_spread(load_part_matrix(part_matrix).numpy(), job.loss.part_temperature)
     tracking.log_metrics(job.tracking_uri, job.parent_run_id, {
         tracking.metric_name(f"E/{stat}/{cls}"): float(value) for stat, values in spread.items()
         for cls, value in zip(info["class_names"], values)})
@@ -183,9 +183,9 @@ def _stages(job: JobConfig, info: dict, name: str, say, kinds: list[StudentKind]
                               loss=replace(job.loss, objective=kind.objective),
                               train=replace(job.train, name=f"{name}-{kind.key.replace('_', '-')}{at}"))
         student_job = load_config(student_job, sets=list(kind.sets))
-        if student_job.loss.grouping != job.loss.grouping:  # a variant's own grouping: E for it (cached per grouping)
-            student_job = replace(student_job, part_matrix=part_matrix_for_teacher(
-                teacher.checkpoint, job.data, student_job.loss.grouping, device=job_device(job.train)))
+        if (student_job.loss.grouping, student_job.loss.part_temperature) != (
+                job.loss.grouping, job.loss.part_temperature):  # a variant's own E (cached per grouping, temperature)
+            student_job = replace(student_job, part_matrix=part_matrix_for_job(teacher.checkpoint, student_job))
         student = train_student(student_job, say, backend=backend)
         say(f"      val top-1 {100 * student.metrics['val/top1']:.1f}%")
         models.append((kind.key, kind.label, student, f"LQ {info['lq_layout']}", train_op, test_ops))
