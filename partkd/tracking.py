@@ -119,19 +119,23 @@ def unfinished_run(uri: str, experiment: str, run_name: str, parent_run_id: str 
 
 
 def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict,
-              parent_run_id: str | None = None, resume_unfinished: bool = False, may_differ: tuple = ()) -> str:
+              parent_run_id: str | None = None, resume_unfinished: bool = False, may_differ: tuple = (),
+              defaults: dict | None = None) -> str:
     """Create a run (nested under ``parent_run_id`` if given) with its params and tags; returns its id.
 
     ``resume_unfinished``: continue the :func:`unfinished_run` of that name instead, if there is one and its params
     equal ``params`` except the keys in ``may_differ`` (a resumed job keeps one run, its per-epoch metrics picking up
-    where they stopped; a job with other settings gets a run of its own).
+    where they stopped; a job with other settings gets a run of its own). A param the run lacks (a setting added since
+    it was logged) counts as equal at its value in ``defaults``, and is logged to it.
     """
     client = _client(uri)
     if resume_unfinished:
         run_id = unfinished_run(uri, experiment, run_name, parent_run_id)
-        logged = client.get_run(run_id).data.params if run_id else {}
+        saved = client.get_run(run_id).data.params if run_id else {}
+        logged = {**{k: str(v)[:6000] for k, v in (defaults or {}).items()}, **saved}
         if run_id and all(logged.get(k) == str(v)[:6000] for k, v in params.items() if k not in may_differ):
             client.update_run(run_id, "RUNNING")
+            _log_params(client, run_id, {k: v for k, v in params.items() if k not in saved})
             return run_id
     commit = git_commit()
     # the runs table's Source column: which partkd entry point, at which commit
@@ -141,21 +145,25 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id(uri, experiment), run_name=run_name, tags=all_tags)
-    items = [_entities().Param(k, str(v)[:6000]) for k, v in params.items()]
-    for start in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[start:start + 100])
+    _log_params(client, run.info.run_id, params)
     return run.info.run_id
+
+
+def _log_params(client, run_id: str, params: dict) -> None:
+    items = [_entities().Param(k, str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+        client.log_batch(run_id, params=items[start:start + 100])
 
 
 @contextlib.contextmanager
 def run(uri: str, experiment: str, run_name: str, params: dict, tags: dict, parent_run_id: str | None = None,
-        resume_unfinished: bool = False, may_differ: tuple = (), dataset: tuple[dict, str] | None = None
-        ) -> Iterator[str]:
+        resume_unfinished: bool = False, may_differ: tuple = (), dataset: tuple[dict, str] | None = None,
+        defaults: dict | None = None) -> Iterator[str]:
     """A run (a job's, or a parent's: a demo, a benchmark, a study) for the length of a ``with`` block: started (or
     continued, see :func:`start_run`), yields its id, ended FINISHED; an error ends it FAILED and Ctrl-C KILLED,
     unless someone has ended it already (a study ends a trial it stops early with the trial's state). ``dataset``:
     ``(dataset.json content, location)`` of the data it trains on, recorded as its input (:func:`log_dataset`)."""
-    run_id = start_run(uri, experiment, run_name, params, tags, parent_run_id, resume_unfinished, may_differ)
+    run_id = start_run(uri, experiment, run_name, params, tags, parent_run_id, resume_unfinished, may_differ, defaults)
     try:
         if dataset is not None:
             log_dataset(uri, run_id, *dataset)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from conftest import VAL_FRACTION, cli_student, free_port, tiny_job, tiny_sets, wait_for_http
 from mlflow.tracking import MlflowClient
 
+from partkd import tracking
 from partkd.cli import main
 from partkd.data import iter_samples, load_info
 from partkd.data.splits import read_split_columns, validation_split
@@ -383,6 +384,15 @@ def test_a_setting_added_since_a_checkpoint_was_made_resumes_at_its_default(root
         _check_resumable(load_config(job, sets=["loss.part_temperature=0.5"]))
     with pytest.raises(ValueError, match=r"other settings \(loss.tau: 1.0 -> 0.5\)"):
         _check_resumable(load_config(job, sets=["loss.tau=0.5"]))
+    # its MLflow run too: continued (the new setting logged to it) at the default, not at another value
+    uri = f"sqlite:///{root / 'added-setting.db'}"
+    old = tracking.start_run(uri, "e", "made-before", {"loss.tau": 1.0}, {})
+    again = tracking.start_run(uri, "e", "made-before", {"loss.tau": 1.0, "loss.part_temperature": 1.0}, {},
+                               resume_unfinished=True, defaults={"loss.part_temperature": 1.0})
+    assert again == old and MlflowClient(uri).get_run(old).data.params["loss.part_temperature"] == "1.0"
+    other = tracking.start_run(uri, "e", "made-before", {"loss.tau": 1.0, "loss.part_temperature": 0.5}, {},
+                               resume_unfinished=True, defaults={"loss.part_temperature": 1.0})
+    assert other != old
 
 
 def test_evaluation_reads_the_checkpoints_data_with_the_same_masks_every_pass(root, teacher, part_matrix, train_data):

@@ -344,6 +344,9 @@ def test_study_part_matrices_leave_the_validation_slice_out(topology, study):
     logged = {a.path for a in client(topology).list_artifacts(study.run_id, "part_matrix")}
     assert logged == {f"part_matrix/part_matrix_{grouping}_t{t}_xsub+val0.25-0_T16_M1.npy"
                       for grouping in ("paper5", "halves2") for t in ("1", "0.5")}  # one per value a trial can pick
+    for trial in trial_runs(topology, study.run_id):  # and each trial read the one for its own settings
+        params = trial.data.params
+        assert f"_{params['loss.grouping']}_t{float(params['loss.part_temperature']):g}_" in params["part_matrix"]
 
 
 def test_a_study_is_not_started_over_by_accident(root, topology, study):

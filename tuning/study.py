@@ -82,7 +82,7 @@ def train_run_name(base: dict, config: dict, trial_id: str) -> str:
 
 def matrix_key(loss: LossConfig) -> str:
     """The E a trial reads: one per (grouping, E temperature) the search can pick, computed before it starts."""
-    return f"{loss.grouping} t{loss.part_temperature:g}"
+    return f"{loss.grouping} t{loss.part_temperature:.12g}"
 
 
 def run_trial(config: dict, base: dict, part_matrices: dict[str, str]) -> None:
@@ -153,7 +153,7 @@ def run_study(study: Study, resume: bool = False, say: Callable[[str], None] = p
     with tracking.run(job.tracking_uri, f"partkd/{info['name']}", f"study-{cfg.name}", params,
                       {"kind": "study", "dataset_fingerprint": info["fingerprint"], "partkd.path": code,
                        "ray.node_id": ray.get_runtime_context().get_node_id()},  # where the driver ran
-                      resume_unfinished=resume, dataset=(info, job.data.path)) as parent:
+                      resume_unfinished=resume, dataset=(info, job.data.path), defaults=JobConfig().flat()) as parent:
         result = _stages(study, replace(job, parent_run_id=parent), info, folder, say)
     result.run_id, result.tracking_uri = parent, job.tracking_uri
     result.experiment_id = tracking.experiment_id(job.tracking_uri, f"partkd/{info['name']}")
@@ -184,12 +184,13 @@ def _study_job(study: Study, folder: str) -> JobConfig:
 def _stages(study: Study, job: JobConfig, info: dict, folder: str, say) -> StudyResult:
     cfg = study.config
     teacher = _teacher(cfg, job, say)
-    picks = [sorted({job.flat()[key], PAPER_SETTINGS[key], *getattr(study.space.get(key), "choices", ())})
+    picks = [(job.flat()[key], PAPER_SETTINGS[key], *getattr(study.space.get(key), "choices", ()))
              for key in PRECOMPUTED]
-    jobs = [load_config(job, sets=[f"{key}={value}" for key, value in zip(PRECOMPUTED, values)])
-            for values in itertools.product(*picks)]
-    say(f"part matrices E ({', '.join(matrix_key(j.loss) for j in jobs)}) from the teacher's occlusion tests")
-    matrices = {matrix_key(j.loss): str(part_matrix_for_job(teacher, j)) for j in jobs}
+    jobs = {matrix_key(j.loss): j for j in (load_config(job, sets=[f"{k}={v}" for k, v in zip(PRECOMPUTED, values)])
+                                            for values in itertools.product(*picks))}
+    jobs = dict(sorted(jobs.items(), key=lambda item: item[0]))
+    say(f"part matrices E ({', '.join(jobs)}) from the teacher's occlusion tests")
+    matrices = {key: str(part_matrix_for_job(teacher, j)) for key, j in jobs.items()}
     for matrix in matrices.values():
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, matrix, "part_matrix")
     job = replace(job, teacher_checkpoint=str(teacher))

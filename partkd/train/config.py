@@ -129,7 +129,9 @@ class LossConfig:
     tau: float = 1.0  # temperature of the similarity (1 = paper)
     kl_temperature: float = 4.0
     grouping: str = "paper5"
-    part_temperature: float = 1.0  # temperature of E's softmax over parts (Eq. 13; 1 = paper): < 1 sharpens E's rows
+    # temperature of E's softmax over parts (Eq. 13; 1 = paper; < 1 sharpens E's rows), where partkd computes E: a
+    # part_matrix given to a job is read as it is
+    part_temperature: float = 1.0
     hq_source: str = "bank"  # batch (paper: HQ of the mini-batch, gathered across ranks) | bank (teacher features)
     bank_negatives: int = 64  # bank mode: HQ entries sampled per step besides the batch's own pairs
     mask_missing: bool = False  # leave score-0 joints out of the part mean (paper: off)

@@ -157,7 +157,7 @@ def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | N
         data = _legacy_data("part_matrix_for_teacher", data, protocol, **legacy_kwargs)
     data = data or load_meta(teacher_checkpoint).data
     splits = data.splits()
-    name = f"part_matrix_{grouping}_t{temperature:g}_{splits.name}_T{data.frames}_M{data.persons}.npy"
+    name = f"part_matrix_{grouping}_t{temperature:.12g}_{splits.name}_T{data.frames}_M{data.persons}.npy"
     target = storage.join(teacher_checkpoint, name)
     if storage.exists(target) and not overwrite:
         return target

@@ -156,8 +156,9 @@ def _check_resumable(job: JobConfig) -> None:
         return
     before = json.loads(storage.read_text(saved[-1])).get("job", {})
     now = json.loads(json.dumps(job.flat()))  # as saved: tuples become lists
-    # a setting added since those checkpoints were made, left at its default, is what they were made with
-    before = {**{k: v for k, v in json.loads(json.dumps(JobConfig().flat())).items() if k not in before}, **before}
+    # a setting added since those checkpoints were made, left at its default, is what they were made with (so a new
+    # setting's default must reproduce the code before it)
+    before = {**json.loads(json.dumps(JobConfig().flat())), **before}
     changed = [k for k in sorted(set(before) | set(now)) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)]
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
@@ -199,7 +200,8 @@ def _run(job: JobConfig, model: ModelSpec, side: str, inputs: JobInputs, info: d
     with tracking.run(uri, f"partkd/{info['name']}", name, job.flat(),
                       {"kind": kind, "dataset_fingerprint": info["fingerprint"], **tags},
                       parent_run_id=job.parent_run_id or None, resume_unfinished=True,
-                      may_differ=RESUMABLE_CHANGES, dataset=(info, job.data.path)) as run_id:
+                      may_differ=RESUMABLE_CHANGES, dataset=(info, job.data.path),
+                      defaults=JobConfig().flat()) as run_id:
         job = replace(job, mlflow_run_id=run_id)
         meta = CheckpointMeta(model, side, job.data, job.flat())
         try:
