@@ -188,7 +188,7 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: str, say) -> Study
              for key in PRECOMPUTED]
     jobs = {matrix_key(j.loss): j for j in (load_config(job, sets=[f"{k}={v}" for k, v in zip(PRECOMPUTED, values)])
                                             for values in itertools.product(*picks))}
-    jobs = dict(sorted(jobs.items(), key=lambda item: item[0]))
+    jobs = dict(sorted(jobs.items()))  # keys are unique: the jobs themselves are never compared
     say(f"part matrices E ({', '.join(jobs)}) from the teacher's occlusion tests")
     matrices = {key: str(part_matrix_for_job(teacher, j)) for key, j in jobs.items()}
     for matrix in matrices.values():

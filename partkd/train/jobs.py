@@ -147,6 +147,10 @@ RESUMABLE_CHANGES = ("data.cache", "train.epochs", "train.num_workers", "train.u
                      "tracking_uri", "mlflow_run_id", "parent_run_id")
 
 
+# what a checkpoint or MLflow run made before a setting existed was made with: that setting's default
+DEFAULT_SETTINGS = JobConfig().flat()
+
+
 def _check_resumable(job: JobConfig) -> None:
     """Refuse to resume run ``train.name`` from checkpoints made with other settings (a job resumes by name)."""
     folder = storage.join(job.train.storage_path, job.train.name)
@@ -158,7 +162,7 @@ def _check_resumable(job: JobConfig) -> None:
     now = json.loads(json.dumps(job.flat()))  # as saved: tuples become lists
     # a setting added since those checkpoints were made, left at its default, is what they were made with (so a new
     # setting's default must reproduce the code before it)
-    before = {**json.loads(json.dumps(JobConfig().flat())), **before}
+    before = {**json.loads(json.dumps(DEFAULT_SETTINGS)), **before}
     changed = [k for k in sorted(set(before) | set(now)) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)]
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
@@ -201,7 +205,7 @@ def _run(job: JobConfig, model: ModelSpec, side: str, inputs: JobInputs, info: d
                       {"kind": kind, "dataset_fingerprint": info["fingerprint"], **tags},
                       parent_run_id=job.parent_run_id or None, resume_unfinished=True,
                       may_differ=RESUMABLE_CHANGES, dataset=(info, job.data.path),
-                      defaults=JobConfig().flat()) as run_id:
+                      defaults=DEFAULT_SETTINGS) as run_id:
         job = replace(job, mlflow_run_id=run_id)
         meta = CheckpointMeta(model, side, job.data, job.flat())
         try:

@@ -178,14 +178,13 @@ def _stages(job: JobConfig, info: dict, name: str, say, kinds: list[StudentKind]
         at = f"-op{train_op:g}" if view == "paper" else ""
         say(f"[{step}/{stages}] {kind.label.lower()}: ST-GCN on LQ {info['lq_layout']} at OP {train_op:g}, "
             f"loss {kind.objective}" + (f", {', '.join(kind.sets)}" if kind.sets else ""))
-        student_job = replace(job, teacher_checkpoint=teacher.checkpoint, part_matrix=part_matrix,
+        student_job = replace(job, teacher_checkpoint=teacher.checkpoint,
                               data=replace(job.data, occlusion_prob=train_op),
                               loss=replace(job.loss, objective=kind.objective),
                               train=replace(job.train, name=f"{name}-{kind.key.replace('_', '-')}{at}"))
         student_job = load_config(student_job, sets=list(kind.sets))
-        if (student_job.loss.grouping, student_job.loss.part_temperature) != (
-                job.loss.grouping, job.loss.part_temperature):  # a variant's own E (cached per grouping, temperature)
-            student_job = replace(student_job, part_matrix=part_matrix_for_job(teacher.checkpoint, student_job))
+        # E for its grouping and temperature: cached per both, so a student with the job's finds the one made above
+        student_job = replace(student_job, part_matrix=part_matrix_for_job(teacher.checkpoint, student_job))
         student = train_student(student_job, say, backend=backend)
         say(f"      val top-1 {100 * student.metrics['val/top1']:.1f}%")
         models.append((kind.key, kind.label, student, f"LQ {info['lq_layout']}", train_op, test_ops))
