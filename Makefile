@@ -5,13 +5,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.partkd-installed
 SYSTEM := $(VENV)/.system-packages
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-fast bench lint clean
+
+# the tiers: `make test` runs everything and fails, naming the slowest tests, past its budget; `make test-fast` runs
+# what needs no Ray, server or browser, for the edit-run loop
+FAST := not ray and not cluster and not browser and not slow
 
 demo: $(STAMP)
 	$(BIN)/partkd demo
 
 test: $(STAMP) $(SYSTEM)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 --budget=600
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=5 --budget=90 -m "$(FAST)"
 
 bench: $(STAMP)
 	$(BIN)/partkd bench data

@@ -184,10 +184,39 @@ BACKGROUND: dict[str, type] = {}
 LAUNCHED = pytest.StashKey[dict]()  # fixture name -> its Starting... object, until stopped
 
 
+# The tiers (pytest -m): a test is marked by the fixtures it uses, so no test can use Ray or a server unmarked.
+# ``browser`` (headless Chromium) and ``slow`` (a non-Ray test of more than a few seconds) are marked in the test file.
+MARKED_BY_FIXTURE = {"ray": ("ray_session", "ray_cluster"), "cluster": ("s3_server", "tracking_server")}
+# their time limit, unless they set one: a Ray Train job spends ~30 s of the 2-core machine starting its controller,
+# workers and data actors, and the first such test also waits for the session's cluster and teacher
+RAY_TIMEOUT_S = 300
+
+
+def pytest_addoption(parser):
+    parser.addoption("--budget", type=float, default=0.0, metavar="SECONDS",
+                     help="fail the run, naming its slowest tests, when it takes longer than this (0: no budget)")
+
+
+STARTED = pytest.StashKey[float]()  # when the run began, for --budget
+OVER_BUDGET = pytest.StashKey[float]()  # how long a run over its budget took
+
+
+def pytest_configure(config):
+    config.stash[STARTED] = time.monotonic()
+
+
 def pytest_collection_modifyitems(config, items):
     """The tests that use Ray run last: everything else first, in this process without Ray, and the tests that need
-    the session's cluster after it (the order within each group is kept). The servers the collected tests need start
-    now (:data:`BACKGROUND`)."""
+    the session's cluster after it (the order within each group is kept). Each test gets the tier markers of the
+    fixtures it uses (:data:`MARKED_BY_FIXTURE`). The servers the collected tests need start now
+    (:data:`BACKGROUND`)."""
+    for item in items:
+        for marker, fixtures in MARKED_BY_FIXTURE.items():
+            if set(fixtures) & set(getattr(item, "fixturenames", ())):
+                item.add_marker(marker)
+        if (item.get_closest_marker("ray") or item.get_closest_marker("cluster")) and not item.get_closest_marker(
+                "timeout"):
+            item.add_marker(pytest.mark.timeout(RAY_TIMEOUT_S))
     items.sort(key=lambda item: "ray_session" in getattr(item, "fixturenames", ()))
     needed = set().union(*(getattr(item, "fixturenames", ()) for item in items)) if items else set()
     launched = config.stash.setdefault(LAUNCHED, {})
@@ -199,6 +228,28 @@ def pytest_collection_modifyitems(config, items):
 def pytest_sessionfinish(session):
     for starting in session.config.stash.get(LAUNCHED, {}).values():  # those no test got as far as (-x, Ctrl-C)
         starting.stop()
+    budget, took = session.config.getoption("--budget"), time.monotonic() - session.config.stash[STARTED]
+    if budget and took > budget:  # the run fails, whatever its tests said
+        session.config.stash[OVER_BUDGET] = took
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """``--budget``: a run over it fails (:func:`pytest_sessionfinish`), naming its ten slowest tests here (set-up,
+    call and tear-down added up)."""
+    took = config.stash.get(OVER_BUDGET, None)
+    if took is None:
+        return
+    spent: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown"):
+                spent[report.nodeid] = spent.get(report.nodeid, 0.0) + report.duration
+    terminalreporter.section("time budget exceeded", red=True)
+    terminalreporter.line(f"FAILED: the run took {took:.0f} s, over its budget of "
+                          f"{config.getoption('--budget'):.0f} s; its slowest tests:")
+    for nodeid, seconds in sorted(spent.items(), key=lambda item: -item[1])[:10]:
+        terminalreporter.line(f"  {seconds:7.1f} s  {nodeid}")
 
 
 def serve(request, fixture: str):

@@ -82,6 +82,7 @@ def _when_shards(folder, count: int, process: subprocess.Popen, seconds: float =
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # a writer process killed
 def test_sigkill_in_the_middle_of_an_overwrite_leaves_the_old_dataset(tmp_path):
     out, partial = tmp_path / "ds", tmp_path / ".ds.partial"
     assert main(["data", "synth", "--out", str(out), "--samples", "12", "--frames", "16"]) == 0
@@ -96,6 +97,7 @@ def test_sigkill_in_the_middle_of_an_overwrite_leaves_the_old_dataset(tmp_path):
     assert len(ids(out)) == 8 and not partial.exists()  # the next run clears the killed run's sibling
 
 
+@pytest.mark.slow  # a writer process stopped
 def test_sigterm_keeps_the_rows_written_marked_incomplete_and_nothing_derives_from_them(tmp_path, capsys):
     out = tmp_path / "ds"
     process = _synth(out)

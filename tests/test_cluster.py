@@ -115,6 +115,7 @@ def test_one_ray_version_everywhere(objects):
     assert checked, "no RayCluster or RayJob under cluster/k8s"
 
 
+@pytest.mark.slow  # the CRDs' schemas
 def test_kuberay_objects_validate_against_the_crds(objects):
     import jsonschema
 

@@ -116,6 +116,7 @@ def test_damaged_files_name_the_file_and_field(tmp_path):
     assert reasons["0105.mat"] == "no skeleton: no joint is visible in any frame"
 
 
+@pytest.mark.slow  # every real Penn Action label file
 def test_all_real_penn_labels(shared_data, tmp_path):
     labels = shared_data / "penn_action" / "labels"
     report = convert_penn([labels], tmp_path / "ds")

@@ -52,6 +52,7 @@ def test_bf16_training_step_matches_fp32_within_tolerance(device):
 
 
 
+@pytest.mark.slow  # torch.compile
 def test_model_and_part_pooling_trace_as_one_graph_for_torch_compile():
     """``train.compile``: the backbone and the part pooling of a step are one graph (``fullgraph=True`` fails on any
     break), at the training precision, and the traced forward and backward equal the eager ones. The ``aot_eager``
@@ -78,6 +79,7 @@ def test_model_and_part_pooling_trace_as_one_graph_for_torch_compile():
 
 
 
+@pytest.mark.slow  # torch.compile
 def test_compile_setting_wraps_the_model_keeps_checkpoints_plain_and_falls_back_where_it_cannot(tmp_path, monkeypatch):
     """``train.compile``: the worker's model is torch.compile's wrapper, a checkpoint holds the plain model's keys
     (loadable with or without compile), and where torch.compile is unsupported the model runs eagerly with a

@@ -255,6 +255,7 @@ def test_part_pool_leaves_out_missing_joints():
     )
 
 
+@pytest.mark.slow  # the training-step benchmark
 def test_bench_smoke_and_its_json_for_the_reference_script(tmp_path, capsys):
     """``partkd bench train --json FILE``: the object bench_vs_reference.py reads, each entry at the device's training
     precision, its TFLOP/s the FLOP count of that step over its median time. (The data path: test_raydata.py.)"""

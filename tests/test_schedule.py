@@ -3,6 +3,7 @@ only at their validation slice."""
 
 from __future__ import annotations
 
+import pytest
 from conftest import tiny_job
 from mlflow.tracking import MlflowClient
 
@@ -42,6 +43,7 @@ def test_a_probe_replaces_the_jobs_value_only_when_a_point_better():
         "train.lr=0.0167", "model.base_channels=32", "train.epochs=12", "train.milestones=8,11"]
 
 
+@pytest.mark.slow  # probe and pilot trainings
 def test_probes_choose_lr_then_width_on_the_slice_and_the_pilot_trains_with_them(tmp_path, train_data):
     job = tiny_job(tmp_path, train_data, "probe", "train.num_workers=1", "train.cpus_per_worker=1")
     settings = choose_settings(job, say=lambda line: None, backend="local", probe_epochs=2, val_fraction=0.25)

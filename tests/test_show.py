@@ -25,6 +25,7 @@ def dataset(tmp_path):
     return tmp_path / "ds"
 
 
+@pytest.mark.slow  # renders a GIF
 def test_strip_png_and_gif(dataset, tmp_path):
     figures_before = _pyplot_figures()
     out = show_sample(dataset, "S001C001P001R001A001", tmp_path / "strip.png", frames=3)
