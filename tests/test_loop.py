@@ -36,7 +36,7 @@ from partkd.train.config import load_config
 from partkd.train.distill import FeatureBank, hq_set_from_batch
 from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, side_batches
 from partkd.train.jobs import job_inputs, train_student, train_teacher
-from partkd.train.loop import EpochMeters, TeacherTask, term_gradients, train_epoch
+from partkd.train.loop import EpochMeters, TeacherTask, term_gradients, top1_hits, train_epoch
 from partkd.train.objectives import OBJECTIVES, TeacherSide, get_objective, weighted_terms
 from partkd.train.session import LocalSession, autocast
 
@@ -104,6 +104,15 @@ def test_teacher_run_has_params_metrics_tags_and_checkpoint(root, train_data, te
     model, meta = load_model(teacher.checkpoint)  # weights_only loading
     assert (meta.side, meta.model.layout, meta.mlflow_run_id) == ("hq", "ntu25", teacher.run_id)
     assert meta.data == local_job(root, train_data, "teacher", SLICE).data  # the job's data settings, typed
+
+
+def test_a_row_with_a_non_finite_logit_is_a_miss_not_class_0():
+    """A diverged model's NaN logits: argmax would "predict" class 0 and score that class's share; it scores 0."""
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[nan, nan, nan], [2.0, 1.0, 0.0], [0.0, nan, 1.0], [inf, 0.0, 0.0], [0.0, 3.0, 1.0]])
+    labels = torch.tensor([0, 0, 2, 0, 2])  # by argmax: hit, hit, (hit), hit, miss
+    assert top1_hits(logits, labels).item() == 1  # only the finite row [2, 1, 0] counts
+    assert top1_hits(torch.full((4, 3), nan), torch.zeros(4, dtype=torch.long)).item() == 0
 
 
 def test_validation_top1_is_measured_on_the_slice(root, teacher):
@@ -233,19 +242,22 @@ class MlflowServer:
         self.process.wait()
 
 
+@pytest.mark.slow  # a tracking server stopped and started, ~30 s
 def test_a_tracking_server_down_mid_run_loses_no_metric(root, train_data, tmp_path, capfd):
-    """The MLflow server killed after epoch 0 and started again once two more checkpoints are written: training goes
-    on meanwhile, and every epoch's metrics are in the run at the end."""
+    """The MLflow server killed after epoch 0 (the job holds there, ``train.hold_at_epoch``, until it is down) and
+    started again once two more checkpoints are written: training goes on meanwhile, and every epoch's metrics are in
+    the run at the end."""
     server = MlflowServer(tmp_path)
     server.start()
     folder = root / "ray" / "teacher-outage"
     outage = {}
 
     def stop_and_restart():
-        while not list(folder.glob("checkpoint_*")):
+        while not (folder / "held").exists():  # epoch 0 reported and checkpointed, the job waiting
             time.sleep(0.02)
         server.kill()
         outage["killed_after"] = max(int(p.name.split("_")[1]) for p in folder.glob("checkpoint_*"))
+        (folder / "held").rename(folder / "held.done")
         while not list(folder.glob("checkpoint_00000[2-9]")):
             time.sleep(0.02)
         outage["restarted_after"] = max(int(p.name.split("_")[1]) for p in folder.glob("checkpoint_*"))
@@ -255,7 +267,8 @@ def test_a_tracking_server_down_mid_run_loses_no_metric(root, train_data, tmp_pa
     thread.start()
     try:
         result = train_teacher(local_job(root, train_data, "teacher-outage", SLICE, "train.epochs=4",
-                                         f"tracking_uri={server.uri}"), quiet, backend="local")
+                                         "train.hold_at_epoch=0", f"tracking_uri={server.uri}"), quiet,
+                               backend="local")
         thread.join(timeout=60)
         assert outage["killed_after"] == 0 and outage["restarted_after"] >= 2  # epochs 1 and 2 trained without it
         client = MlflowClient(tracking_uri=server.uri)

@@ -55,32 +55,35 @@ def history(root, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 class WorkerKiller(threading.Thread):
-    """SIGKILLs the process of one of a job's Ray Train workers once its first checkpoint (epoch 0) is written, while
-    epoch 1 runs; ``killed`` holds what it did, ``checkpoints`` how many were written at that moment."""
+    """SIGKILLs the process of one of a job's Ray Train workers between epochs 0 and 1, when the code says it is there:
+    the job runs with ``train.hold_at_epoch=0``, so its last rank, once epoch 0's checkpoint is reported, writes its
+    process id to ``held`` and waits; Ray Train's checkpoint manager has registered that checkpoint when its snapshot
+    names it. ``killed`` holds the process killed, ``checkpoints`` the checkpoints written at that moment."""
 
-    def __init__(self, cluster, run_folder: Path):
+    def __init__(self, run_folder: Path):
         super().__init__(daemon=True)
-        self.cluster, self.run_folder = cluster, run_folder
+        self.run_folder = run_folder
         self.killed: int | None = None
         self.checkpoints, self.error = -1, None
 
     def run(self) -> None:
-        from ray.util.state import list_actors
-
+        held, snapshot = self.run_folder / "held", self.run_folder / "checkpoint_manager_snapshot.json"
         try:
             deadline = time.monotonic() + 300
-            pids: list[int] = []
-            while len(pids) < 2 and time.monotonic() < deadline:  # the workers, found before the first checkpoint
-                pids = [a.pid for a in list_actors(address=self.cluster.dashboard, filters=[
-                    ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
-                time.sleep(0.1)
-            while not list(self.run_folder.glob("checkpoint_*/meta.json")):
-                assert time.monotonic() < deadline, "no checkpoint"
+            pid = None
+            while pid is None:  # the worker's cue (its pid, once the file is whole)
+                assert time.monotonic() < deadline, "no worker held after epoch 0"
+                text = held.read_text() if held.exists() else ""
+                pid = int(text) if text.endswith("\n") else None
                 time.sleep(0.01)
-            time.sleep(0.2)  # the checkpoint registered, epoch 1 under way
+            checkpoints = [p.parent.name for p in self.run_folder.glob("checkpoint_*/meta.json")]
+            while not (snapshot.exists() and any(name in snapshot.read_text() for name in checkpoints)):
+                assert time.monotonic() < deadline, "epoch 0's checkpoint never registered"
+                time.sleep(0.01)
             self.checkpoints = len(list(self.run_folder.glob("checkpoint_*/meta.json")))
-            os.kill(max(pids), signal.SIGKILL)
-            self.killed = max(pids)
+            os.kill(pid, signal.SIGKILL)
+            self.killed = pid
+            held.rename(self.run_folder / "held.done")  # the restarted workers go on without waiting
         except BaseException as err:  # noqa: BLE001 - reported by the test
             self.error = err
 
@@ -97,15 +100,16 @@ def test_ddp_job_resumes_after_a_worker_process_is_killed_and_ends_like_an_unint
     assert {"checkpoint/model.pt", "checkpoint/meta.json"} <= {
         a.path for a in client(root).list_artifacts(teacher.run_id, "checkpoint")}
 
-    killer = WorkerKiller(ray_cluster, root / "ray" / "teacher-sigkill")
+    killer = WorkerKiller(root / "ray" / "teacher-sigkill")
     killer.start()
-    resumed = train_teacher(tiny_job(root, train_data, "teacher-sigkill", SLICE, "train.max_failures=1"), quiet)
+    resumed = train_teacher(tiny_job(root, train_data, "teacher-sigkill", SLICE, "train.max_failures=1",
+                                     "train.hold_at_epoch=0"), quiet)
     killer.join(timeout=10)
-    assert killer.error is None and killer.killed is not None and killer.checkpoints == 1  # killed mid-run
+    assert killer.error is None and killer.killed is not None and killer.checkpoints == 1  # killed between epochs
     with pytest.raises(ProcessLookupError):
         os.kill(killer.killed, 0)  # that process is gone
     steps = [step for step, _ in history(root, resumed.run_id, "loss/ce")]
-    assert steps.count(0) == 1 and set(steps) == {0, 1}  # epoch 0 not trained again (1 may be, if killed at its end)
+    assert steps == [0, 1]  # epoch 0 not trained again, epoch 1 trained once (after the restart)
     for key in ("loss/ce", "train/top1", "val/top1"):
         assert resumed.metrics[key] == teacher.metrics[key], key
     a, b = load_model(resumed.checkpoint)[0].state_dict(), load_model(teacher.checkpoint)[0].state_dict()

@@ -1,12 +1,19 @@
 """A study's settings: what to search (ranges from the config file), how many trials, how many at once (DESIGN §10).
 
 A study file has three tables: ``[study]`` (:class:`StudyConfig`), ``[space]`` (one entry per searched setting of the
-job, named ``section.key`` as in ``--set``) and ``[job]`` (the student job's overrides, as in ``partkd train``)::
+job, named ``section.key`` as in ``--set``) and ``[job]`` (the student job's overrides, as in ``partkd train``), and
+may list ``[[first_trials]]``: whole configs of the space that the search runs first, in order, before TPE samples
+(a known good config, the paper's settings)::
 
     [space]
     "loss.alpha" = { log_uniform = [0.1, 10.0] }
     "loss.w" = { uniform = [0.0, 1.0] }
     "loss.grouping" = { choice = "groupings" }   # every registered part grouping; or a list of names
+
+    [[first_trials]]
+    "loss.alpha" = 1.0
+    "loss.w" = 0.5
+    "loss.grouping" = "paper5"
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ class StudyConfig:
     name: str = "study"
     storage: str = "runs/studies"  # the study's folder is <storage>/<name>: Tune experiments, Train runs, data
     trials: int = 24
-    max_concurrent: int = 0  # 0: as many as the cluster's CPUs (and GPUs) hold, see max_concurrent_trials
+    max_concurrent: int = 0  # search trials at once; 0: as many as the cluster's CPUs (and GPUs) hold, see
+    # max_concurrent_trials
+    finish_concurrent: int = 0  # finish students at once (independent runs: no order to keep); 0: as many as fit
     seed: int = 0  # TPE's sampler
     asha: bool = True  # stop poor trials early (ASHA on epochs); false: every trial runs all its epochs
     grace_epochs: int = 2  # ASHA: no trial is stopped before this many epochs
@@ -47,6 +56,7 @@ class StudyConfig:
     finish_seeds: tuple[int, ...] = (0, 1, 2)  # the best config and the paper's are trained again with these seeds
     finish_view: str = "paper"  # paper: one finish student per OP, trained at it; robustness: trained at data's OP
     teacher_checkpoint: str = ""  # reuse this teacher; empty: train one for the study
+    teacher_backend: str = "ray"  # the study's own teacher: a Ray Train job, or local (in the driver's process)
     synth_samples: int = 0  # > 0: synthesize the dataset at job data.path if it is not there (synthetic benchmark)
     synth_classes: int = 12
     synth_seed: int = 0
@@ -54,9 +64,10 @@ class StudyConfig:
     def __post_init__(self):
         check_ranges(self, "study", {
             "trials": AT_LEAST_1, "max_concurrent": (lambda v: v >= 0, "at least 0 (0: as many as fit)"),
+            "finish_concurrent": (lambda v: v >= 0, "at least 0 (0: as many as fit)"),
             "grace_epochs": AT_LEAST_1, "reduction_factor": (lambda v: v >= 2, "at least 2"),
             "synth_samples": (lambda v: v >= 0, "at least 0"), "synth_classes": AT_LEAST_1,
-            "finish_view": one_of(VIEWS),
+            "finish_view": one_of(VIEWS), "teacher_backend": one_of(("ray", "local")),
         })
 
 
@@ -65,6 +76,7 @@ class Study:
     config: StudyConfig
     space: dict[str, optuna.distributions.BaseDistribution]  # "section.key" -> distribution
     job: JobConfig = field(default_factory=JobConfig)  # the students' job; val_fraction > 0 during the search
+    first_trials: tuple[dict, ...] = ()  # configs of the space run first, in order (Optuna's enqueued trials)
 
 
 # settings that pick the part matrix E a trial reads: the study computes one E per value before the search
@@ -116,9 +128,10 @@ def load_study(path: str, sets: list[str] = ()) -> Study:
     """A study file; ``sets`` (``section.key=value``) override its ``[study]`` (keys ``study.*``, e.g.
     ``study.trials=12``) or its ``[job]`` (every other key)."""
     table = read_settings_file(path)
-    unknown = sorted(set(table) - {"study", "space", "job"})
+    unknown = sorted(set(table) - {"study", "space", "job", "first_trials"})
     if unknown:
-        raise ValueError(f"{path}: unknown table [{unknown[0]}]; a study file has [study], [space] and [job]")
+        raise ValueError(f"{path}: unknown table [{unknown[0]}]; a study file has [study], [space], [job] and "
+                         "[[first_trials]]")
     study = dict(table.get("study", {}))
     for item in sets:
         key, sep, value = item.partition("=")
@@ -137,7 +150,34 @@ def load_study(path: str, sets: list[str] = ()) -> Study:
                 load_config(job, sets=[f"{key}={value}"])
             except ValueError as err:
                 raise ValueError(f"space.{key} can draw {value!r}: {err}") from None
-    return Study(config, space, job)
+    return Study(config, space, job, parse_first_trials(table.get("first_trials", []), space, job))
+
+
+def parse_first_trials(entries, space: dict[str, optuna.distributions.BaseDistribution],
+                       job: JobConfig) -> tuple[dict, ...]:
+    """``[[first_trials]]``: each a whole config of ``space`` (every searched setting, a value the space can draw and
+    the job accepts), run first in the order given."""
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise ValueError(f"first_trials: expected a list of tables ([[first_trials]]), got {entries!r}")
+    for number, entry in enumerate(entries, start=1):
+        where = f"first_trials[{number}]"
+        if set(entry) != set(space):
+            missing, extra = sorted(set(space) - set(entry)), sorted(set(entry) - set(space))
+            raise ValueError(f"{where}: give every searched setting and only those"
+                             + (f"; missing {', '.join(missing)}" if missing else "")
+                             + (f"; not in [space]: {', '.join(extra)}" if extra else ""))
+        for key, value in entry.items():
+            distribution = space[key]
+            inside = (value in distribution.choices if hasattr(distribution, "choices") else
+                      isinstance(value, (int, float)) and not isinstance(value, bool)
+                      and distribution.low <= value <= distribution.high)
+            if not inside:
+                raise ValueError(f"{where}.{key} = {value!r} is outside its [space] entry {distribution}")
+        try:
+            load_config(job, sets=to_settings(entry))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+    return tuple(dict(entry) for entry in entries)
 
 
 def max_concurrent_trials(resources: dict[str, float], train: TrainConfig) -> int:

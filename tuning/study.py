@@ -63,11 +63,17 @@ from tuning.space import (
 # the job stay as the study's [job] sets them.
 PAPER_SETTINGS = {f"loss.{key}": getattr(LossConfig(), key) for key in ("w", "tau", "grouping", "part_temperature")}
 
-# --smoke-test: the same stages on a tiny synthetic dataset in about as long as the pipeline's smoke preset.
-SMOKE_STUDY = dict(trials=4, grace_epochs=1, synth_samples=192, synth_classes=6, teacher_checkpoint="")
-SMOKE_JOB = ["data.path=", "data.frames=24", "data.batch_size=16", "data.val_fraction=0.2", "model.base_channels=8",
-             "model.stage_blocks=1,1,1", "model.dropout=0.1", "train.epochs=3", "train.milestones=10",
-             "train.num_workers=1"]
+# --smoke-test: the same stages (teacher, E, a search with ASHA, a finish on the test split) on a tiny synthetic
+# dataset, each Ray Train job as small as it gets: 2 trials, one finish seed at one OP (the best config and the paper's
+# settings: 2 students). A Ray Train job spends ~40 s starting and stopping, mostly waiting, so their count sets the
+# time: the teacher trains in the driver's process, and a quarter CPU per worker lets two trials (and the two finish
+# students) wait side by side on a 2-core machine.
+SMOKE_STUDY = dict(trials=2, grace_epochs=1, finish_seeds=(1,), synth_samples=192, synth_classes=6,
+                   teacher_checkpoint="", teacher_backend="local")
+SMOKE_JOB = ["data.path=", "data.frames=24", "data.batch_size=16", "data.val_fraction=0.2",
+             "data.eval_occlusion_probs=0.6", "model.base_channels=8", "model.stage_blocks=1,1,1",
+             "model.dropout=0.1", "train.epochs=2", "train.milestones=10", "train.num_workers=1",
+             "train.cpus_per_worker=0.25"]
 
 
 class StudyExistsError(RuntimeError):
@@ -194,7 +200,8 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: str, say) -> Study
     for matrix in matrices.values():
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, matrix, "part_matrix")
     job = replace(job, teacher_checkpoint=str(teacher))
-    concurrent = cfg.max_concurrent or max_concurrent_trials(ray.cluster_resources(), job.train)
+    fits = max_concurrent_trials(ray.cluster_resources(), job.train)
+    concurrent = cfg.max_concurrent or fits
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base=job.to_dict(),
                                                                  part_matrices=matrices),
                                         {"CPU": TRIAL_DRIVER_CPUS})
@@ -207,7 +214,8 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: str, say) -> Study
     scheduler = (ASHAScheduler(time_attr="epochs_done", max_t=job.train.epochs, grace_period=cfg.grace_epochs,
                                reduction_factor=cfg.reduction_factor, stop_last_trials=False)
                  if cfg.asha else FIFOScheduler())
-    searcher = ConcurrencyLimiter(OptunaSearch(space=study.space, metric=METRIC, mode="max", seed=cfg.seed),
+    searcher = ConcurrencyLimiter(OptunaSearch(space=study.space, metric=METRIC, mode="max", seed=cfg.seed,
+                                               points_to_evaluate=[dict(t) for t in study.first_trials] or None),
                                   max_concurrent=concurrent)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")  # state saved at every step: a resume re-runs no trial
     started = time.time()
@@ -226,7 +234,8 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: str, say) -> Study
 
     markdown = ""
     if cfg.finish_seeds:
-        markdown = _finish(cfg, job, info, trainable, trial_runs, concurrent, best_settings, study, folder, say)
+        markdown = _finish(cfg, job, info, trainable, trial_runs, cfg.finish_concurrent or fits, best_settings,
+                           study, folder, say)
     return StudyResult("", best_settings, best.metrics[METRIC], trials, markdown, folder)
 
 
@@ -247,9 +256,10 @@ def _teacher(cfg: StudyConfig, job: JobConfig, say) -> str:
     if storage.exists(storage.join(final, "meta.json")):
         say(f"teacher: reusing {final}")
         return final
-    say(f"teacher: ST-GCN on HQ skeletons, {job.train.epochs} epochs")
-    return train_teacher(replace(job, train=replace(job.train, name=name)), say, tags={"study.stage": "teacher"}
-                         ).checkpoint
+    say(f"teacher: ST-GCN on HQ skeletons, {job.train.epochs} epochs"
+        + (", in this process" if cfg.teacher_backend == "local" else ""))
+    return train_teacher(replace(job, train=replace(job.train, name=name)), say, tags={"study.stage": "teacher"},
+                         backend=cfg.teacher_backend).checkpoint
 
 
 def _fit(path: str, trainable, make_tuner: Callable[[], ray.tune.Tuner]) -> ray.tune.ResultGrid:
@@ -349,7 +359,7 @@ def _finish(cfg: StudyConfig, job: JobConfig, info: dict, trainable, trial_runs:
 
 
 def smoke_study(study: Study) -> Study:
-    """The same stages, tiny: 4 trials of 3 epochs on a small synthetic dataset in its own folder."""
+    """The same stages, tiny (:data:`SMOKE_STUDY`, :data:`SMOKE_JOB`), in a folder of its own."""
     config = replace(study.config, name=f"{study.config.name}-smoke", **SMOKE_STUDY)
     return replace(study, config=config, job=load_config(study.job, sets=SMOKE_JOB))
 
@@ -359,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="tuning/configs/synthetic.toml", help="study file ([study] [space] [job])")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                         help="override a [study] setting (study.trials=12) or a [job] one (train.epochs=5)")
-    parser.add_argument("--smoke-test", action="store_true", help="4 tiny trials on a small synthetic dataset")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="the same stages, tiny: 2 trials and 2 finish students on a small synthetic dataset")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
     args = parser.parse_args(argv)
     try:

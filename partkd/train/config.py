@@ -163,6 +163,7 @@ class TrainConfig:
     storage_path: str = "runs/ray"
     name: str = ""  # Ray Train run name; a job started again with the same name resumes
     fail_at_epoch: int = -1  # testing: one worker raises once after this epoch's checkpoint
+    hold_at_epoch: int = -1  # testing: one worker waits after this epoch's checkpoint, until its `held` file is gone
 
     def __post_init__(self):
         check_ranges(self, "train", {

@@ -51,12 +51,44 @@ class Evaluation:
     samples: int
 
 
-def _legacy_data(function: str, data_path: str | os.PathLike, protocol: str, **settings) -> DataConfig:
-    """The data of a call in the old form (a path, a protocol, loose keywords), with a deprecation warning."""
-    warnings.warn(f"{function}(checkpoint, data_path, protocol, ...) with loose data settings is deprecated and goes "
-                  "in the next release: pass a DataConfig (default: the checkpoint's)", DeprecationWarning,
+REMOVED_IN = "0.3.0"  # the release the call forms from before 0.2 go in (every deprecation: docs/deprecations.md)
+
+# The loose data settings (now DataConfig fields) each shim's old form ``(checkpoint, data_path, protocol, ...)`` took
+# by keyword: accepted with a DeprecationWarning until REMOVED_IN. Any other keyword is an error.
+LEGACY_KEYWORDS = {
+    "evaluate_checkpoint": ("frames", "persons", "seed", "occlusion_unit"),
+    "part_matrix_for_teacher": ("frames", "persons", "val_fraction", "val_seed"),
+}
+
+
+def _legacy_data(function: str, data: DataConfig | str | os.PathLike | None, second, legacy_args: tuple,
+                 legacy_kwargs: dict) -> tuple[DataConfig | None, object]:
+    """``(data, second)`` of a call: as given in the current form; in the old form ``(checkpoint, data_path,
+    protocol, third, **settings)`` a DataConfig of the path, protocol and settings (with a deprecation warning) and
+    the third argument.
+
+    A call Python would refuse without the shim is refused as Python does, with a TypeError: a keyword neither form
+    has, a loose data setting beside a DataConfig (it would be ignored), a positional argument past either form's."""
+    unknown = [name for name in legacy_kwargs if name not in LEGACY_KEYWORDS[function]]
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}" if len(unknown) == 1 else
+                        f"{function}() got unexpected keyword arguments {', '.join(map(repr, unknown))}")
+    old_form = isinstance(data, (str, os.PathLike))
+    if len(legacy_args) > int(old_form):
+        given = 3 + len(legacy_args)
+        raise TypeError(f"{function}() takes from 1 to {3 + int(old_form)} positional arguments but {given} were given"
+                        + ("; pass the old form's data settings by keyword" if old_form else ""))
+    if not old_form:
+        if legacy_kwargs:
+            names = ", ".join(f"{name}=" for name in legacy_kwargs)
+            verb = "belongs" if len(legacy_kwargs) == 1 else "belong"
+            raise TypeError(f"{function}(): {names} {verb} to the deprecated form {function}(checkpoint, data_path, "
+                            f"protocol, ...); with a DataConfig, set it there (dataclasses.replace(data, ...))")
+        return data, second
+    warnings.warn(f"{function}(checkpoint, data_path, protocol, ...) with loose data settings is deprecated and is "
+                  f"removed in {REMOVED_IN}: pass a DataConfig (default: the checkpoint's)", DeprecationWarning,
                   stacklevel=3)
-    return DataConfig(path=str(data_path), protocol=protocol, **settings)
+    return DataConfig(path=str(data), protocol=second, **legacy_kwargs), legacy_args[0] if legacy_args else None
 
 
 def _release(device: torch.device) -> None:
@@ -79,9 +111,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig | None = None,
     :class:`Evaluation` per OP (default ``data.eval_occlusion_probs``). ``data`` defaults to the data settings the
     checkpoint was trained with. The model runs on ``device`` (default: a GPU if there is one) under :func:`autocast`
     with ``bf16`` (default: the checkpoint's ``train.bf16``); the counts stay on the device until the end."""
-    if isinstance(data, (str, os.PathLike)):  # the old form: (checkpoint, data_path, protocol, occlusion_probs, ...)
-        protocol, occlusion_probs = occlusion_probs, (legacy_args[0] if legacy_args else None)
-        data = _legacy_data("evaluate_checkpoint", data, protocol, **legacy_kwargs)
+    # the old form: (checkpoint, data_path, protocol, occlusion_probs, frames=..., ...)
+    data, occlusion_probs = _legacy_data("evaluate_checkpoint", data, occlusion_probs, legacy_args, legacy_kwargs)
     device = _device(device)
     model, meta = load_model(checkpoint, device)
     data = data or meta.data
@@ -91,6 +122,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig | None = None,
     results = []
     for prob in data.eval_occlusion_probs if occlusion_probs is None else occlusion_probs:
         counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)  # confusion, flattened
+        top1_hits = torch.zeros((), dtype=torch.long, device=device)
         top5_hits = torch.zeros((), dtype=torch.long, device=device)
         for x, score, labels in side_batches(data, side, layout.name, get_protocol(data.protocol), "test", prob,
                                              batch_size):
@@ -100,15 +132,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig | None = None,
                 logits = model(inputs).logits
             top = logits.float().topk(min(5, num_classes), dim=1).indices  # (N, 5)
             counts.index_add_(0, labels * num_classes + top[:, 0], torch.ones_like(labels))  # no sync (bincount would)
-            top5_hits += (top == labels[:, None]).any(1).sum()
+            finite = torch.isfinite(logits).all(1)  # (N,): a row with a non-finite logit predicts nothing: a miss
+            top1_hits += ((top[:, 0] == labels) & finite).sum()
+            top5_hits += ((top == labels[:, None]).any(1) & finite).sum()
         confusion = counts.view(num_classes, num_classes).cpu().numpy()
         total = int(confusion.sum())
         if total == 0:
             raise ValueError(f"{data.path}: the {data.protocol} test split has no sample with a {side} side")
         with np.errstate(invalid="ignore"):
             per_class = np.diag(confusion) / confusion.sum(1)
-        results.append(Evaluation(prob, float(np.trace(confusion) / total), int(top5_hits) / total, per_class,
-                                  confusion, total))
+        results.append(Evaluation(prob, int(top1_hits) / total, int(top5_hits) / total, per_class, confusion, total))
     _release(device)
     return results
 
@@ -152,9 +185,9 @@ def part_matrix_for_teacher(teacher_checkpoint: str | Path, data: DataConfig | N
     teacher's ``train.bf16``), the P occluded copies of a batch as one batch of ``P * batch_size``. The precision is
     not in the cache file's name: E from bf16 and fp32 predictions may differ in a few argmaxes.
     """
-    if isinstance(data, (str, os.PathLike)):  # the old form: (teacher, data_path, protocol, grouping, ...)
-        protocol, grouping = grouping, (legacy_args[0] if legacy_args else "paper5")
-        data = _legacy_data("part_matrix_for_teacher", data, protocol, **legacy_kwargs)
+    # the old form: (teacher, data_path, protocol, grouping, frames=..., ...)
+    data, grouping = _legacy_data("part_matrix_for_teacher", data, grouping, legacy_args, legacy_kwargs)
+    grouping = "paper5" if grouping is None else grouping
     data = data or load_meta(teacher_checkpoint).data
     splits = data.splits()
     name = f"part_matrix_{grouping}_t{temperature:.12g}_{splits.name}_T{data.frames}_M{data.persons}.npy"

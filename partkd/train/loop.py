@@ -9,6 +9,7 @@ through the :class:`~partkd.train.session.WorkerSession`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -38,6 +39,13 @@ class StepResult(NamedTuple):
     terms: dict[str, Tensor]  # named, unweighted loss terms ("loss/ce", "loss/pmsc")
     logits: Tensor  # (B, K)
     counts: dict[str, Tensor]  # per-step counts summed over the epoch ("kd/undefined")
+
+
+def top1_hits(logits: Tensor, labels: Tensor) -> Tensor:
+    """How many rows of ``logits`` (B, K) name their label first. A row with a non-finite logit predicts nothing and
+    counts as a miss: a diverged model's NaN rows would otherwise all "predict" class 0 (argmax of NaN) and score the
+    share of that class. On the device, no host sync."""
+    return ((logits.argmax(1) == labels) & torch.isfinite(logits).all(1)).sum()
 
 
 def all_reduce_sum(values: Tensor) -> Tensor:
@@ -200,7 +208,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, 
         size = len(batch["label"])
         for name in task.weights:
             meters.add(name, result.terms[name] * size)
-        meters.add("train/top1", (result.logits.argmax(1) == batch["label"]).sum())
+        meters.add("train/top1", top1_hits(result.logits, batch["label"]))
         for name, value in result.counts.items():
             meters.add(name, value)
         meters.samples += size
@@ -220,7 +228,7 @@ def evaluate_top1(model: nn.Module, batches: Iterable[dict], side: str, layout: 
     for batch in batches:
         with session.autocast():
             logits = model(model_input(batch[f"{side}_x"], batch[f"{side}_score"], layout)).logits
-        meters.add("top1", (logits.argmax(1) == batch["label"]).sum())
+        meters.add("top1", top1_hits(logits, batch["label"]))
         meters.samples += len(batch["label"])
     return meters.reduce()["top1"]
 
@@ -234,6 +242,26 @@ def inject_failure(job: JobConfig, session: WorkerSession, epoch: int) -> None:
     if not storage.exists(marker):
         storage.write_text(marker, f"epoch {epoch}\n")
         raise InjectedFailure(f"fail_at_epoch={epoch}: injected worker failure (testing fault tolerance)")
+
+
+HOLD_S = 300.0  # how long a held worker waits for its fault test before it goes on by itself
+
+
+def hold_for_fault(job: JobConfig, session: WorkerSession, epoch: int) -> None:
+    """``train.hold_at_epoch``: the last rank, once that epoch's checkpoint is reported, writes its process id to
+    ``held`` in the run's folder and waits until that file is gone (at most :data:`HOLD_S`): the cue for a fault test
+    to strike a worker between two epochs, when the code says so rather than after a guessed sleep. Once per run: the
+    test renames the file to ``held.done``, and a restarted job finds it there."""
+    if epoch != job.train.hold_at_epoch or session.rank != session.world_size - 1:
+        return
+    folder = storage.join(job.train.storage_path, job.train.name)
+    held, done = storage.join(folder, "held"), storage.join(folder, "held.done")
+    if storage.exists(done):
+        return
+    storage.write_text(held, f"{os.getpid()}\n")
+    deadline = time.monotonic() + HOLD_S
+    while storage.exists(held) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def fit(job: JobConfig, meta: CheckpointMeta, session: WorkerSession) -> None:
@@ -258,6 +286,7 @@ def fit(job: JobConfig, meta: CheckpointMeta, session: WorkerSession) -> None:
         session.report(epoch, metrics, partial(save_checkpoint, model=model, meta=epoch_meta, optimizer=optimizer,
                                                scheduler=scheduler, epoch=epoch))
         inject_failure(job, session, epoch)
+        hold_for_fault(job, session, epoch)
     session.flush_metrics()
 
 

@@ -52,10 +52,21 @@ CACHE_SHARE = 0.1
 SHUFFLE_BUFFER_BYTES = 512 * 2**20
 
 
+# PARTKD_BF16=on|off overrides what native_bf16 finds: the suite runs with both on any machine (bf16 "on" where the
+# CPU only emulates it is slow but computes what a bf16 CPU does), so no verdict depends on the CPU's precision path.
+BF16_SWITCH = "PARTKD_BF16"
+
+
 @functools.cache
 def native_bf16(device_type: str) -> bool:
     """Whether ``device_type`` computes bf16 natively: a CUDA GPU that supports it, or an x86 CPU with AVX512-BF16 or
-    AMX. Elsewhere bf16 is emulated and slower than fp32, so training stays in fp32."""
+    AMX. Elsewhere bf16 is emulated and slower than fp32, so training stays in fp32. ``PARTKD_BF16`` (``on``, ``off``,
+    ``auto``: the default) overrides the answer, for every device."""
+    forced = os.environ.get(BF16_SWITCH, "auto").strip().lower()
+    if forced not in ("on", "off", "auto"):
+        raise ValueError(f"{BF16_SWITCH}={forced!r}: expected on, off or auto")
+    if forced != "auto":
+        return forced == "on"
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)  # Ampere on
     if device_type == "cpu":
