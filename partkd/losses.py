@@ -179,27 +179,34 @@ def kl_logit_loss(
 
     Shapes: ``student_logits (B, K)``, ``teacher_logits (BH, K)``, ``pair_index (B,)`` with -1 for solitary. Returns 0
     when no sample is paired. The T^2 keeps the gradient scale independent of the temperature.
+
+    Computed on every row and weighted by the pairing mask, never by selecting the paired rows (``x[paired]``): a
+    boolean index has a shape that depends on the data, so it waits for the device every step and changes shape
+    between steps. A solitary row compares with teacher row 0 (any row would do) and weighs 0.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
     with torch.autocast(student_logits.device.type, enabled=False):
         paired = pair_index >= 0  # (B,)
-        log_student = F.log_softmax(student_logits[paired].to(dtype) / temperature, dim=-1)  # (B', K)
-        log_teacher = F.log_softmax(teacher_logits[pair_index[paired]].to(dtype) / temperature, dim=-1)  # (B', K)
-        kl = F.kl_div(log_student, log_teacher, reduction="sum", log_target=True)  # sum_i KL(teacher_i || student_i)
+        if teacher_logits.shape[0] == 0:  # no HQ row at all (batch mode, no pair in any rank's batch): a zero term
+            teacher_logits = teacher_logits.new_zeros(1, teacher_logits.shape[1])  # (1, K)
+        log_student = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)  # (B, K)
+        log_teacher = F.log_softmax(teacher_logits[pair_index.clamp(min=0)].to(dtype) / temperature, dim=-1)  # (B, K)
+        per_row = F.kl_div(log_student, log_teacher, reduction="none", log_target=True).sum(-1)  # (B,) KL(H || L)
+        kl = torch.where(paired, per_row, 0.0).sum()  # sum_{i paired} KL(teacher_i || student_i)
         return kl * temperature**2 / paired.sum().clamp(min=1)
 
 
 def __getattr__(name: str):
-    """``partkd.losses.ProjectionHead``, deprecated: the module lives in :mod:`partkd.models` (this alias goes in the
-    next release)."""
+    """``partkd.losses.ProjectionHead``, deprecated: the module lives in :mod:`partkd.models` (this alias is removed in
+    0.3.0)."""
     if name == "ProjectionHead":
         import warnings
 
         from partkd.models.heads import ProjectionHead
 
-        warnings.warn("partkd.losses.ProjectionHead moved to partkd.models.ProjectionHead", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn("partkd.losses.ProjectionHead moved to partkd.models.ProjectionHead (the alias is removed in "
+                      "0.3.0)", DeprecationWarning, stacklevel=2)
         return ProjectionHead
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@
 - :mod:`partkd.bench.kd`: the synthetic benchmark, the pipeline over seeds (mean ± std, paired gains).
 """
 
-# ``partkd.bench`` was the training-step benchmark's module until 0.2: its names, deprecated, go in the next release.
+# ``partkd.bench`` was the training-step benchmark's module until 0.2: its names, deprecated, are removed in 0.3.0.
 _MOVED = {"BenchShape", "run_train_bench", "format_rows", "main"}
 
 
@@ -15,6 +15,7 @@ def __getattr__(name: str):
 
         from partkd.bench import train
 
-        warnings.warn(f"partkd.bench.{name} moved to partkd.bench.train.{name}", DeprecationWarning, stacklevel=2)
+        warnings.warn(f"partkd.bench.{name} moved to partkd.bench.train.{name} (the alias is removed in 0.3.0)",
+                      DeprecationWarning, stacklevel=2)
         return getattr(train, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

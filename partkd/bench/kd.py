@@ -31,7 +31,7 @@ from partkd.train.pipeline import (
     run_pipeline,
     student_kinds,
 )
-from partkd.train.results import summarise
+from partkd.train.results import Table, summarise
 from partkd.train.schedule import choose_schedule, choose_settings
 
 
@@ -100,8 +100,7 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
     info = load_info(datasets[min(datasets)])
     params = {**first.flat(), "bench.seeds": ",".join(map(str, datasets)), "bench.objectives": ",".join(objectives),
               "bench.preset": preset, "bench.view": view, "bench.schedule": schedule}
-    rows, runs = [], {}
-    spreads = ["seed,class,entropy_over_log_p,miss_rate_range"]  # E's rows: how sharply each class singles out parts
+    rows, runs, spreads = [], {}, {}
     tags = {"kind": "benchmark", "view": view}
     with tracking.run(uri, f"partkd/{info['name']}", f"bench-kd-{out.name}", params, tags) as bench:
         note = (f"schedule: the {preset} preset's, {first.train.epochs} epochs, lr {first.train.lr:g}, width "
@@ -132,10 +131,8 @@ def run_kd_bench(out: Path, datasets: dict[int, Path], objectives: tuple[str, ..
                                   variants)
             rows += [{**r, "seed": seed} for r in result.rows]
             runs[seed] = result.runs
-            spread = result.spread
-            spreads += [f"{seed},{cls},{entropy:.6f},{miss:.6f}" for cls, entropy, miss in
-                        zip(info["class_names"], spread["entropy"], spread["miss_range"])]
-            (out / "part_matrix_spread.csv").write_text("\n".join(spreads) + "\n")
+            spreads[seed] = result.spread
+            (out / "part_matrix_spread.csv").write_text(spread_csv(spreads, info["class_names"]))
             say(f"=== seed {seed} done in {time.perf_counter() - began:.0f} s")
             markdown, csv = summarise(rows)
             markdown += f"\nstudents: {VIEWS[view]}; {note}\n"
@@ -176,12 +173,21 @@ def term_curves(uri: str, runs: dict[int, dict[str, str]]) -> dict[str, dict[str
 
 def curves_csv(curves: dict[str, dict[str, np.ndarray]]) -> str:
     """Mean and std over seeds per (student, epoch) of every curve."""
-    lines = ["student,epoch," + ",".join(f"{c}_mean,{c}_std" for c in CURVES)]
+    header = ["student", "epoch", *(f"{c}_{stat}" for c in CURVES for stat in ("mean", "std"))]
+    rows = []
     for key, by_name in curves.items():
         for epoch in range(by_name["loss/ce"].shape[1]):
-            cells = [f"{by_name[c][:, epoch].mean():.6g},{by_name[c][:, epoch].std():.6g}" for c in CURVES]
-            lines.append(f"{key},{epoch + 1}," + ",".join(cells))
-    return "\n".join(lines) + "\n"
+            stats = [f"{reduce(by_name[c][:, epoch]):.6g}" for c in CURVES for reduce in (np.mean, np.std)]
+            rows.append([key, str(epoch + 1), *stats])
+    return Table.of(header, rows).csv()
+
+
+def spread_csv(spreads: dict[int, dict[str, np.ndarray]], class_names: list[str]) -> str:
+    """E's rows per seed (:attr:`~partkd.train.pipeline.PipelineResult.spread`): how sharply each class singles out
+    parts."""
+    rows = ([str(seed), name, f"{entropy:.6f}", f"{miss:.6f}"] for seed, spread in spreads.items()
+            for name, entropy, miss in zip(class_names, spread["entropy"], spread["miss_range"]))
+    return Table.of(["seed", "class", "entropy_over_log_p", "miss_rate_range"], rows).csv()
 
 
 def plot_term_curves(curves: dict[str, dict[str, np.ndarray]], path: Path) -> Path:

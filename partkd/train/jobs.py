@@ -21,11 +21,10 @@ from dataclasses import dataclass, replace
 
 from partkd import storage, tracking
 from partkd.data.raydata import SideTransform
-from partkd.data.schema import ShardError
 from partkd.data.shards import verify_dataset
 from partkd.train.checkpoint import CheckpointError, CheckpointMeta, ModelSpec, load_meta, write_meta
 from partkd.train.config import JobConfig
-from partkd.train.loop import fit, ray_worker
+from partkd.train.loop import InjectedFailure, fit, ray_worker
 from partkd.train.objectives import get_objective
 from partkd.train.session import CHECKPOINT_GLOB, CHECKPOINTS_KEPT, JobInputs, LocalSession
 
@@ -88,6 +87,10 @@ def ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS"):  # a local Ray of our own: its processes inherit this environment
+            # Ray Train's controller polls its workers every 2 s by default, so each job waited for a poll at its
+            # start and end; a local Ray has no network between them
+            os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
         ray.init(include_dashboard=True, configure_logging=False,
                  log_to_driver=os.environ.get("PARTKD_RAY_LOG_TO_DRIVER", "0") == "1")
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -122,17 +125,33 @@ def _fit_ray(job: JobConfig, meta: CheckpointMeta, datasets: dict, shuffle_rows:
     return result.metrics
 
 
+# What an attempt of the local backend may fail with and pass on a new attempt. Ray Train's FailureConfig restarts the
+# worker group after any worker error or death, since it cannot tell a bug from a lost node; in one process nothing
+# dies without taking the driver with it, and a bug (a TypeError, a shape error) or a CUDA error (the process's CUDA
+# context is gone, or the same step runs out of memory again) fails the same way on every attempt: retrying it only
+# buries its traceback under max_failures more. What is left to retry: the injected fault (train.fail_at_epoch, to
+# test resuming) and storage I/O that did not go through (OSError: an object store or a network filesystem that did
+# not answer while dataset.json is read, a checkpoint is restored or replaced, the fault's marker is written).
+RETRIED = (InjectedFailure, OSError)
+# ... except the OSErrors that stay as they are: a full disk or a quota at checkpoint time (a CheckpointError naming the
+# checkpoint kept), a path that is not there or not allowed, and a tracking server still unreachable after the last
+# epoch (a new attempt would only lose the metrics kept for it). Bad data (ShardError) is a ValueError: not retried.
+NOT_RETRIED = (CheckpointError, tracking.TrackingUnavailable, FileNotFoundError, PermissionError, IsADirectoryError,
+               NotADirectoryError)
+
+
 def _fit_local(job: JobConfig, meta: CheckpointMeta, inputs: JobInputs, final: str) -> dict:
-    """The loop in this process; a failed attempt is started again from its last checkpoint, ``train.max_failures``
-    times, as Ray Train's ``FailureConfig`` does."""
+    """The loop in this process; an attempt that fails with a :data:`RETRIED` error is started again from its last
+    checkpoint, ``train.max_failures`` times, as Ray Train's ``FailureConfig`` does; any other error is raised at
+    once."""
     for attempt in range(job.train.max_failures + 1):
         session = LocalSession(job, inputs, storage.join(job.train.storage_path, job.train.name))
         try:
             fit(job, meta, session)
             break
-        except (ShardError, CheckpointError, tracking.TrackingUnavailable):  # bad data stays bad, a full disk
-            raise  # full, and an attempt after the last epoch would only lose the metrics kept for MLflow
-        except Exception:
+        except NOT_RETRIED:
+            raise
+        except RETRIED:
             if attempt == job.train.max_failures:
                 raise
     with session.restored() as directory:
@@ -143,6 +162,7 @@ def _fit_local(job: JobConfig, meta: CheckpointMeta, inputs: JobInputs, final: s
 # Settings a resumed job may change: how long it runs, how it is run and tracked; anything else changes the model.
 RESUMABLE_CHANGES = ("data.cache", "train.epochs", "train.num_workers", "train.use_gpu", "train.cpus_per_worker",
                      "train.gpus_per_worker", "train.compile", "train.max_failures", "train.fail_at_epoch",
+                     "train.hold_at_epoch",
                      "train.storage_path",
                      "tracking_uri", "mlflow_run_id", "parent_run_id")
 

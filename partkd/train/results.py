@@ -3,13 +3,16 @@
 A row is ``{"key", "model", "skeleton", "train_op", "op", "top1", "top5"}`` (plus ``"seed"`` over seeds): ``key``
 names the model (``teacher``, ``student_<objective>``), ``model`` is its label in the table, ``train_op`` the OP of
 the synthesized occlusion it was trained on and ``op`` the one it was tested at. One format for the README, MLflow
-and the closing notes: :func:`summarise`.
+and the closing notes: :func:`summarise`. Every table partkd writes is a :class:`Table`, so a label with a comma or
+a quote in it ("Student (w/ KD, tuned)") stays one field of its CSV row.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -17,17 +20,57 @@ from scipy import stats
 CONFIDENCE = 0.95
 
 
-def results_table(rows: list[dict], protocol: str) -> tuple[str, str]:
-    """Table 1 of the paper as Markdown and CSV: one row per (model, training OP, test OP) with top-1/top-5 in %."""
+@dataclass(frozen=True)
+class Table:
+    """A table of formatted cells: one header, rows of as many cells, written as Markdown and as CSV."""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+    def __post_init__(self):
+        for row in self.rows:
+            if len(row) != len(self.header):
+                raise ValueError(f"a table row has {len(row)} cells, its header {len(self.header)} "
+                                 f"({', '.join(self.header)}): {row!r}")
+
+    @classmethod
+    def of(cls, header: Iterable[str], rows: Iterable[Iterable[str]]) -> Table:
+        return cls(tuple(header), tuple(tuple(row) for row in rows))
+
+    def markdown(self) -> str:
+        """A pipe table (a ``|`` inside a cell escaped, so it stays one cell)."""
+        def line(cells: tuple[str, ...]) -> str:
+            return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+        lines = [line(self.header), "|" + "---|" * len(self.header), *(line(row) for row in self.rows)]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        """Comma-separated through the csv module: a cell with a comma, a quote or a line break is quoted."""
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(self.header)
+        writer.writerows(self.rows)
+        return text.getvalue()
+
+
+def results_table(rows: list[dict], protocol: str, baseline: tuple[str, str] = ("student_ce", "w/o KD")
+                  ) -> tuple[str, str]:
+    """Table 1 of the paper as Markdown and CSV: one row per (model, training OP, test OP) with top-1/top-5 in %; when
+    the rows hold the ``baseline`` student, each other student's top-1 gain over it at the same training and test OP
+    (one run: a single paired difference, no interval; :func:`summarise` gives them over seeds)."""
+    base_key, base_label = baseline
+    base = {(r["train_op"], r["op"]): r["top1"] for r in rows if r["key"] == base_key}
     header = ["model", "skeleton", "trained at OP", "OP", f"top-1 ({protocol})", f"top-5 ({protocol})"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    csv = [",".join(header)]
-    for r in rows:
-        cells = [r["model"], r["skeleton"], f"{r['train_op']:.1f}", f"{r['op']:.1f}", f"{100 * r['top1']:.2f}",
-                 f"{100 * r['top5']:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-        csv.append(",".join(cells))
-    return "\n".join(lines) + "\n", "\n".join(csv) + "\n"
+    cells = [[r["model"], r["skeleton"], f"{r['train_op']:.1f}", f"{r['op']:.1f}", f"{100 * r['top1']:.2f}",
+              f"{100 * r['top5']:.2f}"] for r in rows]
+    if base:
+        header.append(f"top-1 gain over {base_label} (points)")
+        for r, row in zip(rows, cells):
+            paired = r["key"].startswith("student_") and r["key"] != base_key and (r["train_op"], r["op"]) in base
+            row.append(f"{100 * (r['top1'] - base[r['train_op'], r['op']]):+.2f}" if paired else "")
+    table = Table.of(header, cells)
+    return table.markdown(), table.csv()
 
 
 def paired_gain(differences: list[float] | np.ndarray, confidence: float = CONFIDENCE) -> dict:
@@ -63,8 +106,9 @@ def summarise(rows: list[dict], baseline: tuple[str, str] = ("student_ce", "w/o 
     seeds = sorted({r["seed"] for r in rows})
     by = {(r["key"], r["train_op"], r["op"], r["seed"]): r for r in rows}
     groups = list(dict.fromkeys((r["key"], r["model"], r["skeleton"], r["train_op"], r["op"]) for r in rows))
-    lines = [f"| model | skeleton | trained at OP | OP | top-1 % | top-5 % | top-1 gain over {base_label} (points) "
-             f"| {CONFIDENCE:.0%} CI | wins |", "|---|---|---|---|---|---|---|---|---|"]
+    header = ["model", "skeleton", "trained at OP", "OP", "top-1 %", "top-5 %",
+              f"top-1 gain over {base_label} (points)", f"{CONFIDENCE:.0%} CI", "wins"]
+    cells = []
     for key, model, skeleton, train_op, op in groups:
         top1 = [by[key, train_op, op, s]["top1"] for s in seeds]
         top5 = [by[key, train_op, op, s]["top5"] for s in seeds]
@@ -72,14 +116,11 @@ def summarise(rows: list[dict], baseline: tuple[str, str] = ("student_ce", "w/o 
         if key.startswith("student_") and key != base_key and all((base_key, train_op, op, s) in by for s in seeds):
             gain = _gain_cells(paired_gain([100 * (by[key, train_op, op, s]["top1"]
                                                    - by[base_key, train_op, op, s]["top1"]) for s in seeds]))
-        lines.append(f"| {model} | {skeleton} | {train_op:.1f} | {op:.1f} | {_mean_std(top1)} | {_mean_std(top5)} | "
-                     + " | ".join(gain) + " |")
-    lines.append(f"\nmean ± std (sample std) over {len(seeds)} seeds: {', '.join(map(str, seeds))}; gain: the "
-                 f"per-seed difference from {base_label} at the same training and test OP (same data, occlusion "
-                 f"masks and initial weights), its {CONFIDENCE:.0%} Student-t interval and the seeds where it is > 0")
-    table = io.StringIO()  # the csv module quotes a label with a comma in it ("Student (w/ KD, tuned)")
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["seed", "model", "skeleton", "train_op", "op", "top1", "top5"])
-    writer.writerows([r["seed"], r["model"], r["skeleton"], f"{r['train_op']:.1f}", f"{r['op']:.1f}",
-                      f"{r['top1']:.6f}", f"{r['top5']:.6f}"] for r in rows)
-    return "\n".join(lines) + "\n", table.getvalue()
+        cells.append([model, skeleton, f"{train_op:.1f}", f"{op:.1f}", _mean_std(top1), _mean_std(top5), *gain])
+    note = (f"mean ± std (sample std) over {len(seeds)} seeds: {', '.join(map(str, seeds))}; gain: the per-seed "
+            f"difference from {base_label} at the same training and test OP (same data, occlusion masks and initial "
+            f"weights), its {CONFIDENCE:.0%} Student-t interval and the seeds where it is > 0")
+    per_seed = Table.of(["seed", "model", "skeleton", "train_op", "op", "top1", "top5"],
+                        ([str(r["seed"]), r["model"], r["skeleton"], f"{r['train_op']:.1f}", f"{r['op']:.1f}",
+                          f"{r['top1']:.6f}", f"{r['top5']:.6f}"] for r in rows))
+    return Table.of(header, cells).markdown() + f"\n{note}\n", per_seed.csv()
