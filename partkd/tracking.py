@@ -43,7 +43,7 @@ def tracking_uri() -> str:
     return uri if uri else f"sqlite:///{(Path.cwd() / DEFAULT_DB).resolve()}"
 
 
-def _default_artifact_root(uri: str) -> str | None:
+def default_artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
     return None
@@ -58,7 +58,7 @@ def experiment_id(uri: str, name: str) -> str:
     client = _client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=_default_artifact_root(uri), tags=EXPERIMENT_KIND)
+        return client.create_experiment(name, artifact_location=default_artifact_root(uri), tags=EXPERIMENT_KIND)
     for key, value in EXPERIMENT_KIND.items():  # one made before partkd set it
         if experiment.tags.get(key) != value:
             client.set_experiment_tag(experiment.experiment_id, key, value)

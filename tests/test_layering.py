@@ -17,11 +17,11 @@ INNER = {
              "validate": 2, "raydata": 2, "show": 2, "convert": 3, "degrade": 4, "subset": 4},
     "train": {"objectives": 0, "results": 0, "ingest": 0, "config": 1, "checkpoint": 2, "session": 3, "distill": 4,
               "loop": 5, "evaluate": 6, "jobs": 6, "pipeline": 7, "schedule": 7},
-    "cli": {"progress": 0, "data": 1, "train": 1, "bench": 1, "demo": 2, "__main__": 3},
+    "cli": {"progress": 0, "data": 1, "train": 1, "bench": 1, "ui": 1, "demo": 2, "__main__": 3},
 }
 # stricter than rank: the models see only layouts (and themselves); the losses are pure tensor functions
 ONLY = {"models": {"layouts", "models"}, "losses": set()}
-# deprecated aliases, each a lazy import that goes with the alias in the next release
+# deprecated aliases, each a lazy import that goes with the alias in 0.3.0
 DEPRECATED = {("partkd.losses", "partkd.models.heads")}
 # tuning drives partkd's training: it may use these and what they stand on, never the command line or benchmarks
 TUNING_MAY_IMPORT = {"partkd", "layouts", "storage", "data", "train", "tracking"}

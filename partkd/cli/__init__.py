@@ -3,7 +3,8 @@
 - ``partkd data ...`` (:mod:`partkd.cli.data`): synth, convert, degrade, show, info, validate;
 - ``partkd demo`` (:mod:`partkd.cli.demo`);
 - ``partkd train ...``, ``partkd part-matrix``, ``partkd evaluate`` (:mod:`partkd.cli.train`);
-- ``partkd bench ...`` (:mod:`partkd.cli.bench`).
+- ``partkd bench ...`` (:mod:`partkd.cli.bench`);
+- ``partkd ui`` (:mod:`partkd.cli.ui`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import sys
 import threading
 import warnings
 
-from partkd.cli import bench, data, demo, train
+from partkd.cli import bench, data, demo, train, ui
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="partkd", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (data, demo, train, bench):
+    for group in (data, demo, train, bench, ui):
         group.register(commands)
     return parser
 
@@ -72,11 +73,11 @@ def _terminate(signum, frame):
 
 
 def synthesize(out, cfg, overwrite: bool, rows_per_shard: int = 1024, quiet: bool = False) -> dict:
-    """Deprecated (goes in the next release): :func:`partkd.data.synth.write_synthetic`."""
+    """Deprecated (removed in 0.3.0): :func:`partkd.data.synth.write_synthetic`."""
     from partkd.cli.progress import ProgressPrinter
     from partkd.data.synth import write_synthetic
 
-    warnings.warn("partkd.cli.synthesize is deprecated: use partkd.data.synth.write_synthetic", DeprecationWarning,
-                  stacklevel=2)
+    warnings.warn("partkd.cli.synthesize is deprecated and removed in 0.3.0: use partkd.data.synth.write_synthetic",
+                  DeprecationWarning, stacklevel=2)
     progress = None if quiet else ProgressPrinter("synth", min_total=0, unit="samples")
     return write_synthetic(out, cfg, overwrite=overwrite, rows_per_shard=rows_per_shard, progress=progress)

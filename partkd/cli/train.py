@@ -90,10 +90,10 @@ def _data_options(p) -> None:
     p.add_argument("--seed", type=int, help="occlusion masks, the same for every model (default: the checkpoint's)")
 
 
-def backend_option(p) -> None:
-    p.add_argument("--backend", default="ray", help="ray (default): Ray Train jobs, DDP over train.num_workers, data "
-                   "through Ray Data; local: the same loop in this process without Ray, one worker (debugging, a "
-                   "quick check on a laptop)")
+def backend_option(p, default: str = "ray") -> None:
+    p.add_argument("--backend", default=default, help=f"ray: Ray Train jobs, DDP over train.num_workers, data through "
+                   "Ray Data; local: the same loop in this process without Ray, one worker (debugging, a quick check "
+                   f"on a laptop); default {default}")
 
 
 def register(commands) -> None:
