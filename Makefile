@@ -14,8 +14,13 @@ FAST := not ray and not cluster and not browser and not slow
 demo: $(STAMP)
 	$(BIN)/partkd demo
 
+# pytest's wall time on CI's 2-core machine (AMD EPYC, fp32): 616 s in a working tree, 672 s in a fresh clone; the
+# study on Ray (~300 s: four Ray Train jobs, mostly their start-up) is most of it. The budget fails a run that grows
+# past what this machine takes, not one that is as slow as it is today.
+TEST_BUDGET ?= 720
+
 test: $(STAMP) $(SYSTEM)
-	$(BIN)/python -m pytest -q --durations=15 --budget=600
+	$(BIN)/python -m pytest -q --durations=15 --budget=$(TEST_BUDGET)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=5 --budget=90 -m "$(FAST)"
