@@ -36,7 +36,7 @@ from partkd.train.config import load_config
 from partkd.train.distill import FeatureBank, hq_set_from_batch
 from partkd.train.evaluate import evaluate_checkpoint, part_matrix_for_teacher, side_batches
 from partkd.train.jobs import job_inputs, train_student, train_teacher
-from partkd.train.loop import EpochMeters, TeacherTask, term_gradients, top1_hits, train_epoch
+from partkd.train.loop import EpochMeters, TeacherTask, term_gradients, topk_hits, train_epoch
 from partkd.train.objectives import OBJECTIVES, TeacherSide, get_objective, weighted_terms
 from partkd.train.session import LocalSession, autocast
 
@@ -111,8 +111,8 @@ def test_a_row_with_a_non_finite_logit_is_a_miss_not_class_0():
     nan, inf = float("nan"), float("inf")
     logits = torch.tensor([[nan, nan, nan], [2.0, 1.0, 0.0], [0.0, nan, 1.0], [inf, 0.0, 0.0], [0.0, 3.0, 1.0]])
     labels = torch.tensor([0, 0, 2, 0, 2])  # by argmax: hit, hit, (hit), hit, miss
-    assert top1_hits(logits, labels).item() == 1  # only the finite row [2, 1, 0] counts
-    assert top1_hits(torch.full((4, 3), nan), torch.zeros(4, dtype=torch.long)).item() == 0
+    assert topk_hits(logits, labels).item() == 1  # only the finite row [2, 1, 0] counts
+    assert topk_hits(torch.full((4, 3), nan), torch.zeros(4, dtype=torch.long)).item() == 0
 
 
 def test_validation_top1_is_measured_on_the_slice(root, teacher):

@@ -192,7 +192,8 @@ def max_concurrent_trials(resources: dict[str, float], train: TrainConfig) -> in
         raise ValueError(f"a trial takes {per_trial_cpus:g} CPUs ({train.num_workers} worker(s) x "
                          f"{train.cpus_per_worker:g} + {TRIAL_DRIVER_CPUS:g} for its driver) and Ray Data needs "
                          f"{DATA_CPUS:g} more, but the cluster has {cpus:g}: lower train.cpus_per_worker or "
-                         "train.num_workers, or set study.max_concurrent if the cluster will grow")
+                         "train.num_workers, or set study.max_concurrent and study.finish_concurrent if the cluster "
+                         "will grow")
     if train.use_gpu:
         fits = min(fits, math.floor(resources.get("GPU", 0.0) / (train.num_workers * train.gpus_per_worker) + 1e-9))
     return max(1, fits)

@@ -200,8 +200,11 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: str, say) -> Study
     for matrix in matrices.values():
         tracking.log_artifacts(job.tracking_uri, job.parent_run_id, matrix, "part_matrix")
     job = replace(job, teacher_checkpoint=str(teacher))
-    fits = max_concurrent_trials(ray.cluster_resources(), job.train)
-    concurrent = cfg.max_concurrent or fits
+    def fitting() -> int:  # asked only where a setting leaves it to the cluster (it refuses a trial that cannot fit)
+        return max_concurrent_trials(ray.cluster_resources(), job.train)
+
+    concurrent = cfg.max_concurrent or fitting()
+    finish_concurrent = cfg.finish_concurrent or fitting()  # before the search: a finish that cannot fit fails now
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base=job.to_dict(),
                                                                  part_matrices=matrices),
                                         {"CPU": TRIAL_DRIVER_CPUS})
@@ -234,7 +237,7 @@ def _stages(study: Study, job: JobConfig, info: dict, folder: str, say) -> Study
 
     markdown = ""
     if cfg.finish_seeds:
-        markdown = _finish(cfg, job, info, trainable, trial_runs, cfg.finish_concurrent or fits, best_settings,
+        markdown = _finish(cfg, job, info, trainable, trial_runs, finish_concurrent, best_settings,
                            study, folder, say)
     return StudyResult("", best_settings, best.metrics[METRIC], trials, markdown, folder)
 

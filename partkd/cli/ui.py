@@ -39,8 +39,8 @@ def wait_until_up(url: str, server: subprocess.Popen, seconds: float = 120) -> N
 
 
 def runs_pages(store: str, base_url: str) -> list[tuple[str, str]]:
-    """(experiment name, runs-page URL) of every experiment in ``store`` that has runs, the most recently updated
-    first."""
+    """(experiment name, runs-page URL) of every experiment in ``store`` but MLflow's empty "Default", the most
+    recently updated first."""
     from mlflow.tracking import MlflowClient
 
     experiments = [e for e in MlflowClient(tracking_uri=store).search_experiments() if e.name != "Default"]

@@ -26,6 +26,7 @@ from partkd.models import model_input
 from partkd.part_matrix import compute_part_matrix, save_part_matrix
 from partkd.train.checkpoint import load_frozen_teacher, load_meta, load_model
 from partkd.train.config import DataConfig, JobConfig
+from partkd.train.loop import topk_hits
 from partkd.train.session import JobInputs, autocast, default_device, job_device
 
 
@@ -122,26 +123,26 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig | None = None,
     results = []
     for prob in data.eval_occlusion_probs if occlusion_probs is None else occlusion_probs:
         counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)  # confusion, flattened
-        top1_hits = torch.zeros((), dtype=torch.long, device=device)
-        top5_hits = torch.zeros((), dtype=torch.long, device=device)
+        top1 = torch.zeros((), dtype=torch.long, device=device)
+        top5 = torch.zeros((), dtype=torch.long, device=device)
         for x, score, labels in side_batches(data, side, layout.name, get_protocol(data.protocol), "test", prob,
                                              batch_size):
             inputs = model_input(torch.from_numpy(x), torch.from_numpy(score), layout).to(device, non_blocking=True)
             labels = torch.from_numpy(labels).to(device, non_blocking=True)
             with autocast(device, bf16):
                 logits = model(inputs).logits
-            top = logits.float().topk(min(5, num_classes), dim=1).indices  # (N, 5)
-            counts.index_add_(0, labels * num_classes + top[:, 0], torch.ones_like(labels))  # no sync (bincount would)
-            finite = torch.isfinite(logits).all(1)  # (N,): a row with a non-finite logit predicts nothing: a miss
-            top1_hits += ((top[:, 0] == labels) & finite).sum()
-            top5_hits += ((top == labels[:, None]).any(1) & finite).sum()
+            logits = logits.float()
+            counts.index_add_(0, labels * num_classes + logits.argmax(1), torch.ones_like(labels))  # no sync (bincount
+            # would); the confusion places every row, top-1 and top-5 count a row with a non-finite logit as a miss
+            top1 += topk_hits(logits, labels)
+            top5 += topk_hits(logits, labels, k=5)
         confusion = counts.view(num_classes, num_classes).cpu().numpy()
         total = int(confusion.sum())
         if total == 0:
             raise ValueError(f"{data.path}: the {data.protocol} test split has no sample with a {side} side")
         with np.errstate(invalid="ignore"):
             per_class = np.diag(confusion) / confusion.sum(1)
-        results.append(Evaluation(prob, int(top1_hits) / total, int(top5_hits) / total, per_class, confusion, total))
+        results.append(Evaluation(prob, int(top1) / total, int(top5) / total, per_class, confusion, total))
     _release(device)
     return results
 

@@ -41,11 +41,12 @@ class StepResult(NamedTuple):
     counts: dict[str, Tensor]  # per-step counts summed over the epoch ("kd/undefined")
 
 
-def top1_hits(logits: Tensor, labels: Tensor) -> Tensor:
-    """How many rows of ``logits`` (B, K) name their label first. A row with a non-finite logit predicts nothing and
-    counts as a miss: a diverged model's NaN rows would otherwise all "predict" class 0 (argmax of NaN) and score the
-    share of that class. On the device, no host sync."""
-    return ((logits.argmax(1) == labels) & torch.isfinite(logits).all(1)).sum()
+def topk_hits(logits: Tensor, labels: Tensor, k: int = 1) -> Tensor:
+    """How many rows of ``logits`` (B, K) have their label among their ``k`` highest. A row with a non-finite logit
+    predicts nothing and counts as a miss: a diverged model's NaN rows would otherwise all "predict" class 0 (argmax of
+    NaN) and score the share of that class. On the device, no host sync."""
+    top = logits.argmax(1, keepdim=True) if k == 1 else logits.topk(min(k, logits.shape[1]), dim=1).indices  # (B, k)
+    return ((top == labels[:, None]).any(1) & torch.isfinite(logits).all(1)).sum()
 
 
 def all_reduce_sum(values: Tensor) -> Tensor:
@@ -208,7 +209,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, 
         size = len(batch["label"])
         for name in task.weights:
             meters.add(name, result.terms[name] * size)
-        meters.add("train/top1", top1_hits(result.logits, batch["label"]))
+        meters.add("train/top1", topk_hits(result.logits, batch["label"]))
         for name, value in result.counts.items():
             meters.add(name, value)
         meters.samples += size
@@ -228,7 +229,7 @@ def evaluate_top1(model: nn.Module, batches: Iterable[dict], side: str, layout: 
     for batch in batches:
         with session.autocast():
             logits = model(model_input(batch[f"{side}_x"], batch[f"{side}_score"], layout)).logits
-        meters.add("top1", top1_hits(logits, batch["label"]))
+        meters.add("top1", topk_hits(logits, batch["label"]))
         meters.samples += len(batch["label"])
     return meters.reduce()["top1"]
 
